@@ -1,0 +1,94 @@
+"""Kernels of hedgespec-fast, installed as ``hedgespec_fast.kernels``.
+
+``acceptance_probs`` (γ of every drafter at every verified position) and ``hedge_update`` (loss → learner state →
+weights → choice) each have a Triton implementation and a plain-torch twin in ``reference.py`` with the same
+signature. ``backend="auto"`` takes Triton for CUDA tensors when Triton is importable and torch otherwise;
+``"triton"`` / ``"torch"`` force one. The environment variable ``HEDGESPEC_BACKEND`` (auto | triton | torch)
+overrides the argument, e.g. to run the Triton path on CPU under ``TRITON_INTERPRET=1``.
+
+Importing this package is cheap: Triton is imported (and kernels compiled) only on first use.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+
+import torch
+
+from . import reference
+from .reference import ALGOS, MODES, choose, expected_length_losses, warp_logits
+
+BACKENDS = ("auto", "triton", "torch")
+ENV_BACKEND = "HEDGESPEC_BACKEND"
+
+__all__ = [
+    "acceptance_probs",
+    "hedge_update",
+    "expected_length_losses",
+    "warp_logits",
+    "choose",
+    "resolve_backend",
+    "triton_available",
+    "MODES",
+    "ALGOS",
+    "BACKENDS",
+]
+
+
+@functools.lru_cache(maxsize=None)
+def triton_available() -> bool:
+    """True when ``triton`` imports (it may still lack a GPU: then only ``TRITON_INTERPRET=1`` runs it)."""
+    try:
+        importlib.import_module("triton")
+        return True
+    except Exception:  # noqa: BLE001 - any import failure means "no triton"
+        return False
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """Return ``"triton"`` or ``"torch"`` for tensors on ``device``; the env variable wins over ``backend``."""
+    chosen = os.environ.get(ENV_BACKEND, "").strip().lower() or backend
+    if chosen not in BACKENDS:
+        raise ValueError(f"unknown kernel backend {chosen!r}; expected one of {BACKENDS} (argument or ${ENV_BACKEND})")
+    if chosen == "auto":
+        return "triton" if device.type == "cuda" and triton_available() else "torch"
+    if chosen == "triton":
+        if not triton_available():
+            raise RuntimeError("backend='triton' was asked for but triton is not installed: pip install triton")
+        if device.type != "cuda" and not _interpreting():
+            raise RuntimeError(
+                f"backend='triton' needs CUDA tensors, got {device.type}; set TRITON_INTERPRET=1 to run the kernels "
+                "on the CPU through Triton's interpreter (slow, exact)"
+            )
+    return chosen
+
+
+def _triton_module(name: str):
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def acceptance_probs(target_logits, drafter_logits, temperature=1.0, mode="tv", top_k=0, top_p=1.0, top_l=1,
+                     backend="auto"):
+    """γ ``[N, m]`` fp32 of every drafter at every position; see :func:`reference.acceptance_probs`."""
+    device = target_logits.device
+    if resolve_backend(backend, device) == "triton":
+        return _triton_module("acceptance").acceptance_probs(
+            target_logits, drafter_logits, temperature=temperature, mode=mode, top_k=top_k, top_p=top_p, top_l=top_l
+        )
+    return reference.acceptance_probs(
+        target_logits, drafter_logits, temperature=temperature, mode=mode, top_k=top_k, top_p=top_p, top_l=top_l
+    )
+
+
+def hedge_update(losses, regret, abs_regret, cum_loss, weights, step, *, algo="normalhedge", eta=None, prior=None,
+                 u=None, backend="auto"):
+    """Apply ``T`` learner rounds in place and return the next choice; see :func:`reference.hedge_update`."""
+    kwargs = dict(algo=algo, eta=eta, prior=prior, u=u)
+    if resolve_backend(backend, weights.device) == "triton":
+        return _triton_module("hedge").hedge_update(losses, regret, abs_regret, cum_loss, weights, step, **kwargs)
+    return reference.hedge_update(losses, regret, abs_regret, cum_loss, weights, step, **kwargs)

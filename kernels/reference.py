@@ -1,0 +1,228 @@
+"""Plain-torch twins of the Triton kernels: the CPU path and the tests' oracle.
+
+Every function here has the signature of its kernel twin (``acceptance.py``, ``hedge.py``); the dispatcher in
+``__init__.py`` picks one. Shapes: ``N`` drafters, ``m`` positions, ``V`` vocabulary, ``T`` learner rounds.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+MODES = ("tv", "greedy", "topl", "topl_greedy")
+ALGOS = ("hedge", "normalhedge", "adanormalhedge")
+
+# NormalHedge's scale c_t is found by bisection on log c inside a bracket that is known in closed form
+# (see _normalhedge_scale); this many halvings of a bracket at most ln(1 + ln N) wide is well past fp32 precision.
+NORMALHEDGE_BISECTION_STEPS = 30
+
+
+def warp_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """The documented pre-pass for top-k / top-p: logits / T with the tokens outside the kept set set to -inf.
+
+    Follows transformers' ``TemperatureLogitsWarper`` → ``TopKLogitsWarper`` → ``TopPLogitsWarper`` exactly
+    (``min_tokens_to_keep=1``), so acceptance is computed on the very distributions that verification samples from.
+
+    Parameters
+    ----------
+    logits : Tensor ``[..., V]``, any float dtype.
+    temperature : float > 0.
+    top_k : int, 0 disables.
+    top_p : float in (0, 1], 1 disables.
+
+    Returns
+    -------
+    Tensor ``[..., V]`` fp32.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 for sampling modes, got {temperature}")
+    out = logits.float() / temperature
+    vocab = out.shape[-1]
+    if 0 < top_k < vocab:
+        kth = torch.topk(out, top_k, dim=-1).values[..., -1:]
+        out = out.masked_fill(out < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, sorted_idx = torch.sort(out, descending=False, dim=-1)
+        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        remove_sorted = cum <= (1 - top_p)
+        remove_sorted[..., -1:] = False  # keep at least one token
+        remove = remove_sorted.scatter(-1, sorted_idx, remove_sorted)
+        out = out.masked_fill(remove, float("-inf"))
+    return out
+
+
+def _stack_drafters(drafter_logits: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+    if isinstance(drafter_logits, torch.Tensor):
+        return drafter_logits
+    return torch.stack(list(drafter_logits))
+
+
+def acceptance_probs(
+    target_logits: torch.Tensor,
+    drafter_logits: torch.Tensor | Sequence[torch.Tensor],
+    temperature: float = 1.0,
+    mode: str = "tv",
+    top_k: int = 0,
+    top_p: float = 1.0,
+    top_l: int = 1,
+) -> torch.Tensor:
+    """Per-position acceptance probability of every drafter against the target.
+
+    Parameters
+    ----------
+    target_logits : Tensor ``[m, V]`` (bf16 / fp16 / fp32), the target's logits at ``m`` verified positions.
+    drafter_logits : Tensor ``[N, m, V]`` or a sequence of ``N`` tensors ``[m, V]``, each drafter's logits on the
+        same (true) prefixes.
+    temperature : float, applied to both sides as ``logits / T`` (ignored by the greedy modes).
+    mode : ``"tv"``: Σ_v min(p(v), q_i(v)) = 1 − TV(p, q_i) (speculative sampling);
+        ``"greedy"``: 1{argmax q_i = argmax p} (first index wins ties, as ``torch.argmax``);
+        ``"topl"``: Σ_{v ∈ TopL(q_i)} p(v) (a tree with the drafter's top-L children, sampling);
+        ``"topl_greedy"``: 1{argmax p ∈ TopL(q_i)}.
+    top_k, top_p : warping applied to both sides by the :func:`warp_logits` pre-pass (sampling modes only).
+    top_l : L of the top-L modes, 1 ≤ L ≤ 8.
+
+    Returns
+    -------
+    Tensor ``[N, m]`` fp32.
+    """
+    q_logits = _stack_drafters(drafter_logits)
+    if mode not in MODES:
+        raise ValueError(f"unknown acceptance mode {mode!r}; expected one of {MODES}")
+    if mode in ("greedy", "topl_greedy"):
+        target_arg = target_logits.float().argmax(dim=-1)  # [m]
+        if mode == "greedy":
+            return (q_logits.float().argmax(dim=-1) == target_arg).float()
+        top = torch.topk(q_logits.float(), top_l, dim=-1).indices  # [N, m, L]
+        return (top == target_arg[None, :, None]).any(dim=-1).float()
+    p = warp_logits(target_logits, temperature, top_k, top_p).softmax(dim=-1)  # [m, V]
+    if mode == "topl":
+        top = torch.topk(q_logits.float(), top_l, dim=-1).indices  # [N, m, L]
+        return p.expand(q_logits.shape[0], -1, -1).gather(-1, top).sum(dim=-1)
+    q = warp_logits(q_logits, temperature, top_k, top_p).softmax(dim=-1)  # [N, m, V]
+    return torch.minimum(p.unsqueeze(0), q).sum(dim=-1)
+
+
+def expected_length_losses(gamma: torch.Tensor, draft_len: int) -> torch.Tensor:
+    """Loss of the one-step counterfactual expected accepted length (HedgeSpec Thm 3), for every complete window.
+
+    ÂL_s[i] = 1 + Σ_{k=1..K} Π_{j=0..k-1} γ_{s+j}[i] ∈ [1, K+1]; loss ℓ_s[i] = 1 − ÂL_s[i] / (K + 1).
+
+    Parameters
+    ----------
+    gamma : Tensor ``[N, S]`` fp32, γ of consecutive verified positions.
+    draft_len : K ≥ 1, the window length.
+
+    Returns
+    -------
+    Tensor ``[max(S − K + 1, 0), N]`` fp32: one loss vector per position whose window is complete.
+    """
+    n, s = gamma.shape
+    if s < draft_len:
+        return gamma.new_zeros((0, n))
+    windows = gamma.unfold(1, draft_len, 1)  # [N, S-K+1, K]
+    expected = 1.0 + windows.cumprod(dim=-1).sum(dim=-1)  # [N, S-K+1]
+    return (1.0 - expected / (draft_len + 1)).t().contiguous()
+
+
+def _normalhedge_scale(regret: torch.Tensor) -> torch.Tensor:
+    """c > 0 with mean_i exp([R_i]₊² / (2c)) = e, by bisection on log c.
+
+    With a_i = [R_i]₊²/2 the left side decreases in c, is ≤ e at c = max a and ≥ e at c = max a / (1 + ln N),
+    so that bracket always holds the root. Returns 0 when no regret is positive (the caller plays uniform).
+    """
+    a = regret.clamp(min=0).square() * 0.5
+    a_max = a.max()
+    log_hi = torch.log(a_max.clamp(min=1e-30))
+    log_lo = log_hi - math.log(1.0 + math.log(regret.numel()))
+    for _ in range(NORMALHEDGE_BISECTION_STEPS):
+        mid = 0.5 * (log_lo + log_hi)
+        too_big = torch.exp(a / torch.exp(mid)).mean() > math.e  # f(c) > e: c must grow
+        log_lo = torch.where(too_big, mid, log_lo)
+        log_hi = torch.where(too_big, log_hi, mid)
+    return torch.where(a_max > 0, torch.exp(log_hi), torch.zeros_like(a_max))
+
+
+def _weights(algo, regret, abs_regret, cum_loss, step, eta, prior):
+    n = regret.numel()
+    if algo == "hedge":
+        rate = eta if eta is not None else torch.sqrt(8.0 * math.log(max(n, 2)) / step.clamp(min=1).float())
+        logits = -rate * (cum_loss - cum_loss.min())
+        return torch.softmax(logits, dim=0)
+    if algo == "normalhedge":
+        c = _normalhedge_scale(regret)
+        r_pos = regret.clamp(min=0)
+        safe_c = torch.where(c > 0, c, torch.ones_like(c))
+        w = (r_pos / safe_c) * torch.exp(r_pos.square() / (2 * safe_c))
+        total = w.sum()
+        uniform = torch.full_like(w, 1.0 / n)
+        return torch.where((c > 0) & (total > 0), w / total.clamp(min=1e-30), uniform)
+    # adanormalhedge, in log space: w ∝ π · ½(Φ(R+1, C+1) − Φ(R−1, C+1)), Φ(R, C) = exp([R]₊² / (3C))
+    denom = 3.0 * (abs_regret + 1.0)
+    hi = (regret + 1).clamp(min=0).square() / denom
+    lo = (regret - 1).clamp(min=0).square() / denom
+    top = hi.max()
+    w = torch.exp(hi - top) * (-torch.expm1(lo - hi)).clamp(min=0)
+    if prior is not None:
+        w = w * prior
+    total = w.sum()
+    uniform = prior / prior.sum() if prior is not None else torch.full_like(w, 1.0 / n)
+    return torch.where(total > 0, w / total.clamp(min=1e-30), uniform)
+
+
+def hedge_update(
+    losses: torch.Tensor,
+    regret: torch.Tensor,
+    abs_regret: torch.Tensor,
+    cum_loss: torch.Tensor,
+    weights: torch.Tensor,
+    step: torch.Tensor,
+    *,
+    algo: str = "normalhedge",
+    eta: float | None = None,
+    prior: torch.Tensor | None = None,
+    u: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Apply ``T`` full-information rounds to a learner's state in place and return the next choice.
+
+    Round t, with the weights w_t the learner played: learner loss ℓ̂ = w_t · ℓ_t; then
+    Hedge: L += ℓ, w ∝ exp(−η L) (η fixed or the anytime sqrt(8 ln N / t));
+    NormalHedge: R += ℓ̂ − ℓ, c_t by bisection, w ∝ ([R]₊ / c) exp([R]₊² / 2c), uniform when all R ≤ 0;
+    AdaNormalHedge: R += ℓ̂ − ℓ, C += |ℓ̂ − ℓ|, w ∝ π · ½(Φ(R+1, C+1) − Φ(R−1, C+1)).
+
+    Parameters
+    ----------
+    losses : Tensor ``[T, N]`` fp32 in [0, 1]; ``T = 0`` only recomputes the choice.
+    regret, abs_regret, cum_loss, weights : Tensor ``[N]`` fp32, learner state, updated in place
+        (each algorithm uses its own: R for NormalHedge, R and C for AdaNormalHedge, L for Hedge).
+    step : Tensor ``[1]`` int64, rounds seen so far, updated in place.
+    algo : ``"hedge" | "normalhedge" | "adanormalhedge"``.
+    eta : Hedge learning rate; None = anytime sqrt(8 ln N / t).
+    prior : Tensor ``[N]`` or None, AdaNormalHedge's prior π (uniform when None).
+    u : Tensor ``[1]`` fp32 in [0, 1) to sample the choice from the weights by inverse CDF; None = argmax.
+
+    Returns
+    -------
+    Tensor ``[1]`` int64, the drafter to play next.
+    """
+    if algo not in ALGOS:
+        raise ValueError(f"unknown learner {algo!r}; expected one of {ALGOS}")
+    for row in losses.float():
+        played = weights.clone()
+        learner_loss = (played * row).sum()
+        instant = learner_loss - row
+        regret += instant
+        abs_regret += instant.abs()
+        cum_loss += row
+        step += 1
+        weights.copy_(_weights(algo, regret, abs_regret, cum_loss, step, eta, prior))
+    return choose(weights, u)
+
+
+def choose(weights: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
+    """argmax of ``weights`` (first index on ties) or, given ``u ∈ [0, 1)``, the inverse-CDF sample. ``[1]`` int64."""
+    if u is None:
+        return weights.argmax().view(1)
+    cdf = weights.cumsum(0)
+    idx = (cdf <= u * cdf[-1]).sum().clamp(max=weights.numel() - 1)
+    return idx.view(1).long()
