@@ -13,9 +13,12 @@ import torch
 MODES = ("tv", "greedy", "topl", "topl_greedy")
 ALGOS = ("hedge", "normalhedge", "adanormalhedge")
 
-# NormalHedge's scale c_t is found by bisection on log c inside a bracket that is known in closed form
-# (see _normalhedge_scale); this many halvings of a bracket at most ln(1 + ln N) wide is well past fp32 precision.
-NORMALHEDGE_BISECTION_STEPS = 30
+# NormalHedge's scale c_t is found on log c inside a bracket known in closed form (see _normalhedge_scale), by
+# NORMALHEDGE_GRID_PASSES passes that each evaluate the equation on NORMALHEDGE_GRID_POINTS points at once and keep the
+# sub-interval holding the root: the bracket (≤ ln(1 + ln N) wide) shrinks 64³ ≈ 2.6e5-fold, past fp32 precision in c,
+# in three vectorised steps instead of thirty dependent bisection steps.
+NORMALHEDGE_GRID_POINTS = 64
+NORMALHEDGE_GRID_PASSES = 3
 
 
 def warp_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -126,20 +129,23 @@ def expected_length_losses(gamma: torch.Tensor, draft_len: int) -> torch.Tensor:
 
 
 def _normalhedge_scale(regret: torch.Tensor) -> torch.Tensor:
-    """c > 0 with mean_i exp([R_i]₊² / (2c)) = e, by bisection on log c.
+    """c > 0 with mean_i exp([R_i]₊² / (2c)) = e, searched on log c.
 
     With a_i = [R_i]₊²/2 the left side decreases in c, is ≤ e at c = max a and ≥ e at c = max a / (1 + ln N),
-    so that bracket always holds the root. Returns 0 when no regret is positive (the caller plays uniform).
+    so that bracket always holds the root. Each pass evaluates the left side on a grid of the bracket and keeps the
+    cell where it crosses e. Returns the upper end of the final cell (a c whose left side is ≤ e), or 0 when no
+    regret is positive (the caller then plays uniform).
     """
     a = regret.clamp(min=0).square() * 0.5
     a_max = a.max()
     log_hi = torch.log(a_max.clamp(min=1e-30))
     log_lo = log_hi - math.log(1.0 + math.log(regret.numel()))
-    for _ in range(NORMALHEDGE_BISECTION_STEPS):
-        mid = 0.5 * (log_lo + log_hi)
-        too_big = torch.exp(a / torch.exp(mid)).mean() > math.e  # f(c) > e: c must grow
-        log_lo = torch.where(too_big, mid, log_lo)
-        log_hi = torch.where(too_big, log_hi, mid)
+    frac = torch.linspace(0.0, 1.0, NORMALHEDGE_GRID_POINTS + 1, device=regret.device, dtype=regret.dtype)
+    for _ in range(NORMALHEDGE_GRID_PASSES):
+        grid = log_lo + (log_hi - log_lo) * frac  # [G+1] increasing log c
+        f = torch.exp(a[None, :] * torch.exp(-grid)[:, None]).mean(dim=1)  # [G+1] decreasing
+        cell = (f > math.e).sum().clamp(1, NORMALHEDGE_GRID_POINTS)  # f(grid[cell-1]) > e ≥ f(grid[cell])
+        log_lo, log_hi = grid[cell - 1], grid[cell]
     return torch.where(a_max > 0, torch.exp(log_hi), torch.zeros_like(a_max))
 
 
