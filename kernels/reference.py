@@ -12,6 +12,9 @@ import torch
 
 MODES = ("tv", "greedy", "topl", "topl_greedy")
 ALGOS = ("hedge", "normalhedge", "adanormalhedge")
+LOSSES = ("expected_length", "acceptance")
+LEVELS = ("token", "chunk")
+MAX_TOP_L = 8
 
 # NormalHedge's scale c_t is found on log c inside a bracket known in closed form (see _normalhedge_scale), by
 # NORMALHEDGE_GRID_PASSES passes that each evaluate the equation on NORMALHEDGE_GRID_POINTS points at once and keep the
@@ -61,6 +64,20 @@ def _stack_drafters(drafter_logits: torch.Tensor | Sequence[torch.Tensor]) -> to
     return torch.stack(list(drafter_logits))
 
 
+def _top_l_mask(q_logits: torch.Tensor, top_l: int) -> torch.Tensor:
+    """Boolean mask ``[..., V]`` of the ``top_l`` largest logits, ties broken toward the lowest index.
+
+    ``torch.topk`` leaves the order of ties unspecified (CPU and CUDA differ, and bf16 logits tie often), so the set is
+    pinned down the way ``torch.argmax`` pins the maximum: all values above the L-th largest, then the first indices
+    among those equal to it.
+    """
+    kth = torch.topk(q_logits, top_l, dim=-1).values[..., -1:]
+    above = q_logits > kth
+    at_kth = q_logits == kth
+    room = top_l - above.sum(dim=-1, keepdim=True)
+    return above | (at_kth & (torch.cumsum(at_kth, dim=-1, dtype=torch.int32) <= room))
+
+
 def acceptance_probs(
     target_logits: torch.Tensor,
     drafter_logits: torch.Tensor | Sequence[torch.Tensor],
@@ -69,6 +86,8 @@ def acceptance_probs(
     top_k: int = 0,
     top_p: float = 1.0,
     top_l: int = 1,
+    *,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-position acceptance probability of every drafter against the target.
 
@@ -82,28 +101,40 @@ def acceptance_probs(
         ``"greedy"``: 1{argmax q_i = argmax p} (first index wins ties, as ``torch.argmax``);
         ``"topl"``: Σ_{v ∈ TopL(q_i)} p(v) (a tree with the drafter's top-L children, sampling);
         ``"topl_greedy"``: 1{argmax p ∈ TopL(q_i)}.
-    top_k, top_p : warping applied to both sides by the :func:`warp_logits` pre-pass (sampling modes only).
-    top_l : L of the top-L modes, 1 ≤ L ≤ 8.
+        TopL(q_i) is taken on the raw drafter logits, ties broken toward the lowest index (see ``_top_l_mask``).
+    top_k, top_p : warping applied by the :func:`warp_logits` pre-pass (sampling modes only; ``tv`` warps both sides,
+        ``topl`` the target's side).
+    top_l : L of the top-L modes, 1 ≤ L ≤ 8; a vocabulary smaller than L keeps every token.
+    out : optional Tensor ``[N, m]`` fp32 (any strides) to write γ into.
 
     Returns
     -------
-    Tensor ``[N, m]`` fp32.
+    Tensor ``[N, m]`` fp32 (``out`` when given).
     """
     q_logits = _stack_drafters(drafter_logits)
     if mode not in MODES:
         raise ValueError(f"unknown acceptance mode {mode!r}; expected one of {MODES}")
+    if not 1 <= top_l <= MAX_TOP_L:
+        raise ValueError(f"top_l must be in [1, {MAX_TOP_L}], got {top_l}")
+    top_l = min(top_l, target_logits.shape[-1])
     if mode in ("greedy", "topl_greedy"):
         target_arg = target_logits.float().argmax(dim=-1)  # [m]
         if mode == "greedy":
-            return (q_logits.float().argmax(dim=-1) == target_arg).float()
-        top = torch.topk(q_logits.float(), top_l, dim=-1).indices  # [N, m, L]
-        return (top == target_arg[None, :, None]).any(dim=-1).float()
-    p = warp_logits(target_logits, temperature, top_k, top_p).softmax(dim=-1)  # [m, V]
-    if mode == "topl":
-        top = torch.topk(q_logits.float(), top_l, dim=-1).indices  # [N, m, L]
-        return p.expand(q_logits.shape[0], -1, -1).gather(-1, top).sum(dim=-1)
-    q = warp_logits(q_logits, temperature, top_k, top_p).softmax(dim=-1)  # [N, m, V]
-    return torch.minimum(p.unsqueeze(0), q).sum(dim=-1)
+            gamma = (q_logits.float().argmax(dim=-1) == target_arg).float()
+        else:
+            in_top = _top_l_mask(q_logits.float(), top_l)  # [N, m, V]
+            gamma = in_top.gather(-1, target_arg.expand(in_top.shape[0], -1).unsqueeze(-1)).squeeze(-1).float()
+    else:
+        p = warp_logits(target_logits, temperature, top_k, top_p).softmax(dim=-1)  # [m, V]
+        if mode == "topl":
+            in_top = _top_l_mask(q_logits.float(), top_l)  # [N, m, V]
+            gamma = torch.where(in_top, p.unsqueeze(0), 0.0).sum(dim=-1)
+        else:
+            q = warp_logits(q_logits, temperature, top_k, top_p).softmax(dim=-1)  # [N, m, V]
+            gamma = torch.minimum(p.unsqueeze(0), q).sum(dim=-1)
+    if out is not None:
+        return out.copy_(gamma)
+    return gamma
 
 
 def expected_length_losses(gamma: torch.Tensor, draft_len: int) -> torch.Tensor:
@@ -188,6 +219,7 @@ def hedge_update(
     eta: float | None = None,
     prior: torch.Tensor | None = None,
     u: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Apply ``T`` full-information rounds to a learner's state in place and return the next choice.
 
@@ -206,10 +238,11 @@ def hedge_update(
     eta : Hedge learning rate; None = anytime sqrt(8 ln N / t).
     prior : Tensor ``[N]`` or None, AdaNormalHedge's prior π (uniform when None).
     u : Tensor ``[1]`` fp32 in [0, 1) to sample the choice from the weights by inverse CDF; None = argmax.
+    out : optional Tensor ``[1]`` int64 to write the choice into.
 
     Returns
     -------
-    Tensor ``[1]`` int64, the drafter to play next.
+    Tensor ``[1]`` int64, the drafter to play next (``out`` when given).
     """
     if algo not in ALGOS:
         raise ValueError(f"unknown learner {algo!r}; expected one of {ALGOS}")
@@ -222,7 +255,8 @@ def hedge_update(
         cum_loss += row
         step += 1
         weights.copy_(_weights(algo, regret, abs_regret, cum_loss, step, eta, prior))
-    return choose(weights, u)
+    choice = choose(weights, u)
+    return out.copy_(choice) if out is not None else choice
 
 
 def choose(weights: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
@@ -232,3 +266,100 @@ def choose(weights: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor
     cdf = weights.cumsum(0)
     idx = (cdf <= u * cdf[-1]).sum().clamp(max=weights.numel() - 1)
     return idx.view(1).long()
+
+
+def gamma_losses(gamma: torch.Tensor, loss: str = "expected_length", draft_len: int = 1) -> torch.Tensor:
+    """Loss rows ``[T, N]`` that a γ window ``[N, S]`` releases: expected-length (T = S − K + 1) or 1 − γ (T = S)."""
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; expected one of {LOSSES}")
+    if loss == "acceptance":
+        return (1.0 - gamma.float()).t().contiguous()
+    return expected_length_losses(gamma.float(), draft_len)
+
+
+def hedge_update_from_gamma(
+    gamma: torch.Tensor,
+    regret: torch.Tensor,
+    abs_regret: torch.Tensor,
+    cum_loss: torch.Tensor,
+    weights: torch.Tensor,
+    step: torch.Tensor,
+    *,
+    draft_len: int = 1,
+    loss: str = "expected_length",
+    level: str = "token",
+    algo: str = "normalhedge",
+    eta: float | None = None,
+    prior: torch.Tensor | None = None,
+    u: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """γ window → loss rows → ``T`` learner rounds → next choice, the twin of the one-launch Triton kernel.
+
+    The caller owns the window: ``gamma`` holds the positions not yet scored, oldest first. ``loss="expected_length"``
+    scores every complete window (T = S − K + 1 rounds; the last K − 1 columns stay pending for the next call),
+    ``loss="acceptance"`` every column (T = S). ``level="chunk"`` averages the T rows into one round.
+
+    Parameters
+    ----------
+    gamma : Tensor ``[N, S]`` fp32 (any strides).
+    regret, abs_regret, cum_loss, weights, step : learner state, see :func:`hedge_update`, updated in place.
+    draft_len : K ≥ 1 of the expected-length loss.
+    loss : ``"expected_length" | "acceptance"``.
+    level : ``"token"`` (one round per row) or ``"chunk"`` (one round with the mean row).
+    algo, eta, prior, u, out : as in :func:`hedge_update`.
+
+    Returns
+    -------
+    Tensor ``[1]`` int64, the drafter to play next.
+    """
+    if level not in LEVELS:
+        raise ValueError(f"unknown level {level!r}; expected one of {LEVELS}")
+    losses = gamma_losses(gamma, loss, draft_len)
+    if level == "chunk" and losses.shape[0] > 1:
+        losses = losses.mean(dim=0, keepdim=True)
+    return hedge_update(losses, regret, abs_regret, cum_loss, weights, step, algo=algo, eta=eta, prior=prior, u=u,
+                        out=out)
+
+
+def acceptance_and_update(
+    target_logits: torch.Tensor,
+    drafter_logits: torch.Tensor | Sequence[torch.Tensor],
+    gamma_history: torch.Tensor,
+    regret: torch.Tensor,
+    abs_regret: torch.Tensor,
+    cum_loss: torch.Tensor,
+    weights: torch.Tensor,
+    step: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    mode: str = "tv",
+    top_k: int = 0,
+    top_p: float = 1.0,
+    top_l: int = 1,
+    draft_len: int = 1,
+    loss: str = "expected_length",
+    level: str = "token",
+    algo: str = "normalhedge",
+    eta: float | None = None,
+    prior: torch.Tensor | None = None,
+    u: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The whole selection step: γ of the ``m`` new positions → losses → learner rounds → next choice.
+
+    γ ``[N, m]`` is written into the last ``m`` columns of ``gamma_history [N, S]`` (S ≥ m; the first S − m columns
+    are the pending positions of earlier rounds), then :func:`hedge_update_from_gamma` runs on the whole window.
+    The Triton twin does all of it in one launch.
+
+    Returns
+    -------
+    Tensor ``[1]`` int64, the drafter to play next; ``gamma_history`` and the learner state are updated in place.
+    """
+    m, width = target_logits.shape[0], gamma_history.shape[1]
+    if width < m:
+        raise ValueError(f"gamma_history has {width} columns, fewer than the {m} new positions")
+    acceptance_probs(target_logits, drafter_logits, temperature, mode, top_k, top_p, top_l,
+                     out=gamma_history[:, width - m:])
+    return hedge_update_from_gamma(gamma_history, regret, abs_regret, cum_loss, weights, step, draft_len=draft_len,
+                                   loss=loss, level=level, algo=algo, eta=eta, prior=prior, u=u, out=out)
