@@ -1,0 +1,68 @@
+"""Drafter-selection policies and the names ``generate(policy=...)`` accepts."""
+from __future__ import annotations
+
+from .bandits import EXP3Spec, MetaSDUCB, STOP_RULES, TapOut, UCBSpec
+from .base import Policy, RoundOutcome
+from .full import ExpertPolicy, HedgeSpecSelector
+from .static import Fixed, Oracle, Random
+
+POLICIES = (
+    "hedgespec",  # NormalHedge + QPM-D, expected-length loss (full information)
+    "hedge",
+    "adanormalhedge",
+    "ucbspec",
+    "exp3spec",
+    "metasd",
+    "tapout",
+    "fixed:<i>",
+    "random",
+    "oracle",
+)
+
+__all__ = [
+    "POLICIES", "make_policy", "Policy", "RoundOutcome", "ExpertPolicy", "HedgeSpecSelector", "UCBSpec", "EXP3Spec",
+    "MetaSDUCB", "TapOut", "STOP_RULES", "Fixed", "Random", "Oracle",
+]
+
+
+def _drafter_policy(name: str, n: int, config, kwargs: dict) -> Policy:
+    expert = dict(loss=config.loss, level=config.level, choice=config.choice, backend=config.backend)
+    if name == "hedgespec":
+        return HedgeSpecSelector(n, **expert, **kwargs)
+    if name in ("hedge", "adanormalhedge", "normalhedge"):
+        return ExpertPolicy(n, algo=name, **expert, **kwargs)
+    if name == "ucbspec":
+        return UCBSpec(n, **kwargs)
+    if name == "exp3spec":
+        return EXP3Spec(n, **kwargs)
+    if name == "metasd":
+        return MetaSDUCB(n, **kwargs)
+    if name == "random":
+        return Random(n)
+    if name == "oracle":
+        return Oracle(n)
+    if name.startswith("fixed:"):
+        try:
+            index = int(name.split(":", 1)[1])
+        except ValueError:
+            raise ValueError(f"bad policy {name!r}: write fixed:<index>, e.g. fixed:0") from None
+        return Fixed(n, index)
+    raise ValueError(f"unknown policy {name!r}; known: {', '.join(POLICIES)} (and '<policy>+tapout')")
+
+
+def make_policy(spec, n_drafters: int, config) -> Policy:
+    """A policy object from a name in ``POLICIES`` (``"<name>+tapout"`` adds TapOut's stopping), or ``spec`` itself."""
+    if isinstance(spec, Policy):
+        return spec
+    if not isinstance(spec, str):
+        raise TypeError(f"policy must be a name from hs.POLICIES or a Policy object, got {type(spec).__name__}")
+    name = spec.strip().lower()
+    kwargs = dict(config.policy_kwargs)
+    if name == "tapout":
+        return TapOut(n_drafters, None, **kwargs)
+    if name.endswith("+tapout"):
+        inner = _drafter_policy(name[: -len("+tapout")], n_drafters, config, {})
+        if isinstance(inner, Oracle):
+            raise ValueError("the oracle cannot be composed with TapOut")
+        return TapOut(n_drafters, inner, **kwargs)
+    return _drafter_policy(name, n_drafters, config, kwargs)

@@ -1,0 +1,184 @@
+"""SpeculativeDecoder: the round select → draft → verify → commit → evaluate → update, batch size 1."""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .cache import new_cache, truncate
+from .config import SpecConfig
+from .drafters.base import Beliefs, DraftContext
+from .feedback import Evaluator
+from .learners.base import Policy, RoundOutcome
+from .logits import LogitsWarp
+from .modeling import forward_logits
+from .pool import DrafterPool
+from .stats import PHASES, GenerationStats, PhaseTimer, RoundRecord
+from .verify import verify_greedy, verify_sampling
+
+
+class SpeculativeDecoder:
+    """Runs one speculative generation. Data flows one way: the policy sees outcomes, never models.
+
+    Parameters
+    ----------
+    target : the HF causal LM whose output must be reproduced.
+    pool : the drafters.
+    policy : chooses the drafter each round and learns.
+    config : draft length, evaluation schedule, timings, seed.
+    warp : the logits processing shared by target and drafters.
+    do_sample : speculative sampling (True) or greedy verification.
+    max_length : total length (prompt + new tokens) not to exceed.
+    eos_ids : tokens that end the generation (emitted, then stop).
+    stopping : other stopping criteria, checked after every emitted token (``crit(ids, None) -> bool tensor``).
+    streamer : gets each round's emitted tokens (``put``) and ``end()``.
+    """
+
+    def __init__(self, target, pool: DrafterPool, policy: Policy, config: SpecConfig, warp: LogitsWarp,
+                 do_sample: bool, max_length: int, eos_ids=(), stopping=(), streamer=None, nvtx: bool = False):
+        self.target, self.pool, self.policy, self.config, self.warp = target, pool, policy, config, warp
+        self.do_sample, self.max_length, self.streamer = do_sample, max_length, streamer
+        self.eos_ids, self.stopping, self.nvtx = set(eos_ids), list(stopping), nvtx
+        self.evaluator = Evaluator(warp, do_sample, config.backend)
+
+    @torch.no_grad()
+    def run(self, prompt: torch.Tensor) -> tuple[torch.Tensor, GenerationStats]:
+        cfg, pool, policy = self.config, self.pool, self.policy
+        device, start_len, draft_len = prompt.device, prompt.shape[1], cfg.draft_len
+        generator = None
+        if cfg.seed is not None and self.do_sample:
+            generator = torch.Generator(device=device).manual_seed(cfg.seed)
+        stats = GenerationStats(policy=str(cfg.policy if isinstance(cfg.policy, str) else type(policy).__name__),
+                                drafter_names=list(pool.names), drafter_counts=[0] * len(pool))
+        timer = PhaseTimer(device, cfg.timings, nvtx=self.nvtx)
+        marks_per_round = []
+        t0 = time.perf_counter()
+
+        # Scratch room past max_length for a full draft; ids[:, :length] is always the committed text.
+        ids = torch.empty((1, self.max_length + draft_len + 1), dtype=torch.long, device=device)
+        ids[:, :start_len] = prompt
+        cache = new_cache()  # the target's cache holds every committed token but the last
+        if start_len > 1:
+            forward_logits(self.target, ids[0, : start_len - 1], cache, keep=1)
+        pool.prefill(ids[:, :start_len])
+        policy.begin(len(pool), draft_len, cfg.seed)
+        stats.prefill_s = time.perf_counter() - t0
+        length, finished = start_len, start_len >= self.max_length
+
+        while not finished:
+            marks = [timer.mark("select")]
+            chosen = policy.choose()
+            stats.host_syncs += policy.host_syncs_per_choice
+
+            marks.append(timer.mark("draft"))
+            budget = min(draft_len, self.max_length - length - 1)
+            stop = self._counting(policy.stop_rule(), stats)
+            proposal = pool.propose(chosen, budget, DraftContext(ids, length, self.warp, self.do_sample, generator, stop))
+            k = len(proposal)
+
+            marks.append(timer.mark("verify"))
+            raw = forward_logits(self.target, ids[0, length - 1 : length + k], cache, keep=k + 1)  # [k+1, V]
+            p = self.warp(ids, raw, length)
+            if self.do_sample:
+                packed = verify_sampling(proposal.tokens, proposal.probs, p, generator)
+            else:
+                packed = verify_greedy(proposal.tokens, p)
+            block_reward = None
+            if policy.needs_block_reward and budget:  # a drafter that proposes nothing aligned nothing
+                block_reward = self._block_reward(proposal, p, raw, ids, length, stats) if k else 0.0
+            ids[0, length : length + k + 1] = packed[2:]
+            host = packed.tolist()  # the round's one required sync
+            stats.host_syncs += 1
+            if host[1]:
+                raise FloatingPointError(f"the target produced NaN logits at positions {length}..{length + k}")
+            n_accepted = host[0]
+            emitted_list, finished = self._stop_within(host[2 : 3 + n_accepted], ids, length, stats)
+            m = len(emitted_list)
+            n_accepted = min(n_accepted, m)
+            emitted = packed[2 : 2 + m]
+            truncate(cache, length + n_accepted)
+            if self.streamer is not None:
+                self.streamer.put(torch.tensor(emitted_list))
+
+            marks.append(timer.mark("evaluate"))
+            evaluate = policy.full_information and self._should_evaluate(stats.rounds, stats)
+            beliefs = pool.commit(emitted, emitted_list, n_accepted, chosen, evaluate)
+            gamma = self.evaluator.gamma(p[:m], raw[:m], beliefs, ids, length) if evaluate else None
+            if policy.full_information and not evaluate:
+                policy.skip()
+
+            marks.append(timer.mark("update"))
+            policy.update(RoundOutcome(chosen, k, n_accepted, m, draft_len, gamma, block_reward))
+            marks.append(timer.mark(None))
+
+            marks_per_round.append(marks)
+            stats.records.append(RoundRecord(chosen, k, n_accepted, m, gamma))
+            stats.rounds += 1
+            stats.drafter_counts[chosen] += 1
+            stats.drafted_tokens += k
+            stats.accepted_tokens += n_accepted
+            length += m
+            finished = finished or length >= self.max_length
+
+        stats.new_tokens = length - start_len
+        stats.wall_s = time.perf_counter() - t0 if device.type != "cuda" else self._cuda_wall(t0)
+        self._finish_records(stats, timer, marks_per_round)
+        weights = policy.weights()
+        stats.final_weights = weights.tolist() if weights is not None else None
+        if self.streamer is not None:
+            self.streamer.end()
+        return ids[:, :length].clone(), stats
+
+    # -- helpers -------------------------------------------------------------------------------------------------------
+    def _stop_within(self, emitted: list[int], ids: torch.Tensor, length: int, stats) -> tuple[list[int], bool]:
+        """Cut the round's tokens after the first one that ends the generation (EOS or a stopping criterion)."""
+        for j, token in enumerate(emitted):
+            if token in self.eos_ids:
+                return emitted[: j + 1], True
+            if self.stopping:
+                prefix = ids[:, : length + j + 1]
+                stats.host_syncs += 1
+                if any(bool(crit(prefix, None).any()) for crit in self.stopping):
+                    return emitted[: j + 1], True
+        return emitted, False
+
+    def _should_evaluate(self, round_index: int, stats) -> bool:
+        cfg = self.config
+        if round_index % cfg.eval_every:
+            return False
+        if cfg.skip_eval_above < 1.0:
+            weights = self.policy.weights()
+            if weights is not None:
+                stats.host_syncs += int(weights.device.type == "cuda")
+                return float(weights.max()) <= cfg.skip_eval_above
+        return True
+
+    def _block_reward(self, proposal, p, raw, ids, length, stats) -> float:
+        """MetaSD's block divergence: mean γ of the chosen draft over every drafted position (same draft prefix)."""
+        k = len(proposal)
+        beliefs = Beliefs(logits=proposal.logits) if proposal.logits is not None else Beliefs(tokens=proposal.tokens)
+        stats.host_syncs += 1
+        return float(self.evaluator.gamma(p[:k], raw[:k], [beliefs], ids, length).mean())
+
+    @staticmethod
+    def _counting(rule, stats):
+        if rule is None:
+            return None
+
+        def stop(logits):
+            stats.host_syncs += 1
+            return rule(logits)
+
+        return stop
+
+    @staticmethod
+    def _cuda_wall(t0: float) -> float:
+        torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    @staticmethod
+    def _finish_records(stats, timer, marks_per_round) -> None:
+        for record, marks in zip(stats.records, marks_per_round):
+            record.times = dict(zip(PHASES, timer.durations(marks)))
+            if record.gamma is not None:
+                record.gamma = record.gamma.tolist()

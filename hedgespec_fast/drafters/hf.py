@@ -1,0 +1,132 @@
+"""HFDrafter: any ``AutoModelForCausalLM`` as a drafter, with its own KV cache."""
+from __future__ import annotations
+
+import torch
+
+from ..cache import new_cache, truncate
+from ..modeling import context_length, forward_logits, param_device_dtype, vocab_size
+from .base import Beliefs, DraftContext, Proposal
+
+
+class HFDrafter:
+    """A causal LM that drafts from its warped distribution and reports its beliefs on the verified text.
+
+    State between rounds: the cache holds ``fed`` committed tokens (plus, right after ``propose``, the draft tokens it
+    fed to draft further); ``pending`` holds the logits after the last committed token. Committed tokens the drafter
+    was not asked to evaluate wait in ``backlog`` and are fed in one forward when next needed (lazy catch-up), so a
+    drafter that is neither chosen nor evaluated costs nothing.
+
+    Parameters
+    ----------
+    model : a transformers causal LM sharing the target's vocabulary.
+    name : label in stats (defaults to the model's class name).
+    """
+
+    def __init__(self, model, name: str | None = None):
+        self.model = model
+        self.name = name or type(model).__name__
+        self.vocab_size = vocab_size(model)
+        self.max_context = context_length(model)
+        self.device, self.dtype = param_device_dtype(model)
+        self.cache = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------------
+    def prefill(self, ids: torch.Tensor) -> None:
+        self.cache = new_cache()
+        self.fed = 0
+        self.backlog: list[torch.Tensor] = []
+        self.draft_rows: torch.Tensor | None = None
+        self.pending = None
+        self._feed(ids.reshape(-1), keep=1)
+
+    def _feed(self, tokens: torch.Tensor, keep: int) -> torch.Tensor:
+        """Feed committed tokens; returns the last ``keep`` logit rows and updates ``pending``."""
+        rows = forward_logits(self.model, tokens, self.cache, keep)
+        self.fed += int(tokens.shape[0])
+        self.pending = rows[-1:]
+        return rows
+
+    def _catch_up(self) -> None:
+        if self.backlog:
+            tokens = torch.cat(self.backlog)
+            self.backlog = []
+            self._feed(tokens, keep=1)
+
+    # -- a round -----------------------------------------------------------------------------------------------------
+    def propose(self, k: int, ctx: DraftContext) -> Proposal:
+        self._catch_up()
+        start = ctx.length
+        rows = [self.pending]
+        probs = []
+        drafted = 0
+        for j in range(k):
+            warped = ctx.warp(ctx.ids, rows[j], start + j)  # [1, V]
+            if ctx.do_sample:
+                p = warped.softmax(dim=-1)
+                token = self._sample(p, ctx.generator)
+                probs.append(p)
+            else:
+                token = warped.argmax(dim=-1)
+            ctx.ids[0, start + j] = token[0]
+            drafted = j + 1
+            if ctx.stop is not None and ctx.stop(warped[0]):
+                break
+            if j < k - 1:
+                rows.append(forward_logits(self.model, token, self.cache, keep=1))
+        self.draft_rows = torch.cat(rows[:drafted]) if drafted else None
+        tokens = ctx.ids[0, start : start + drafted].clone()
+        return Proposal(tokens=tokens, probs=torch.cat(probs) if probs else None, logits=self.draft_rows)
+
+    def _sample(self, probs: torch.Tensor, generator) -> torch.Tensor:
+        try:
+            return torch.multinomial(probs, 1, generator=generator).view(1)
+        except RuntimeError as err:  # NaN / inf logits make an invalid distribution
+            raise ValueError(f"drafter {self.name!r} produced an invalid distribution (NaN or inf logits?): {err}") from err
+
+    def commit(self, emitted: torch.Tensor, emitted_list: list[int], n_accepted: int, want_beliefs: bool):
+        m = int(emitted.shape[0])
+        if self.draft_rows is not None:
+            # Draft rows 0..n_accepted were computed on the true prefix; so were the first c fed draft tokens.
+            valid = min(n_accepted + 1, self.draft_rows.shape[0], m)
+            c = valid - 1
+            known = self.draft_rows[:valid]
+            truncate(self.cache, self.fed + c)
+            self.fed += c
+            to_feed = emitted[c:]
+            self.draft_rows = None
+        else:
+            c = 0
+            known = self.pending if not self.backlog else None
+            to_feed = emitted
+        if not want_beliefs:
+            self.backlog.append(to_feed)
+            self.pending = None
+            return None
+        if known is None:  # beliefs after a backlog: the row for emitted[0] comes from the backlog's last token
+            backlog = torch.cat(self.backlog)
+            self.backlog = []
+            rows = self._feed(torch.cat([backlog, to_feed]), keep=m + 1)
+            return Beliefs(logits=rows[:m])
+        rows = self._feed(to_feed, keep=int(to_feed.shape[0]))
+        return Beliefs(logits=torch.cat([known, rows[: m - known.shape[0]]]))
+
+    def check_compatible(self, target_vocab: int, device: torch.device, dtype: torch.dtype, needed_len: int) -> None:
+        """Raise a clear error when this drafter cannot serve the target and prompt at hand."""
+        if self.vocab_size != target_vocab:
+            raise ValueError(
+                f"drafter {self.name!r} has a vocabulary of {self.vocab_size} tokens but the target has {target_vocab}: "
+                "drafters must share the target's tokenizer and output vocabulary"
+            )
+        if self.device != device:
+            raise ValueError(f"drafter {self.name!r} is on {self.device} but the target is on {device}: move it with .to()")
+        if self.dtype != dtype:
+            raise ValueError(
+                f"drafter {self.name!r} has dtype {self.dtype} but the target has {dtype}: "
+                f"cast it with .to({dtype}) so both score tokens in the same precision"
+            )
+        if self.max_context is not None and needed_len > self.max_context:
+            raise ValueError(
+                f"drafter {self.name!r} supports {self.max_context} positions but this generation needs {needed_len} "
+                "(prompt + max_new_tokens): shorten the prompt, lower max_new_tokens or drop this drafter"
+            )
+

@@ -1,0 +1,112 @@
+"""Full-information feedback: γ of every drafter at every verified position, and the losses it becomes.
+
+γ_s[i] = Σ_v min(p_s(v), q_{i,s}(v)) (sampling) or 1{argmax q_{i,s} = argmax p_s} (greedy), with p and q warped
+identically; a deterministic proposal x̃ (n-gram) has γ = p_s(x̃), or 1{x̃ = argmax p_s}, and 0 when it proposes
+nothing (ALGORITHMS.md §1–3).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from . import kernels
+from .drafters.base import Beliefs
+from .logits import LogitsWarp
+
+
+class Evaluator:
+    """Computes γ ``[N, m]`` from the target's rows and the drafters' beliefs at the same positions.
+
+    Parameters
+    ----------
+    warp : the generation's logits warping (applied to the drafters' rows exactly as to the target's).
+    do_sample : sampling (``tv``) or greedy acceptance.
+    backend : kernel backend for ``acceptance_probs``.
+    """
+
+    def __init__(self, warp: LogitsWarp, do_sample: bool, backend: str = "auto"):
+        self.warp = warp
+        self.mode = "tv" if do_sample else "greedy"
+        self.backend = backend
+
+    def gamma(self, target_warped: torch.Tensor, target_raw: torch.Tensor, beliefs: Sequence[Beliefs],
+              ids: torch.Tensor, start: int) -> torch.Tensor:
+        """γ of each belief set against the target.
+
+        Parameters
+        ----------
+        target_warped, target_raw : ``[m, V]`` the target's warped (fp32) and raw logits at the positions.
+        beliefs : one :class:`Beliefs` per drafter, each over the same ``m`` positions.
+        ids, start : the sequence and the prefix length of row 0 (for position-dependent warping).
+
+        Returns
+        -------
+        Tensor ``[N, m]`` fp32 on the target's device.
+        """
+        m = target_warped.shape[0]
+        gamma = torch.empty((len(beliefs), m), dtype=torch.float32, device=target_warped.device)
+        model_rows = [i for i, b in enumerate(beliefs) if b.logits is not None]
+        token_rows = [i for i, b in enumerate(beliefs) if b.logits is None]
+        if model_rows:
+            stacked = torch.stack([beliefs[i].logits for i in model_rows])  # [n, m, V]
+            if self.warp.temperature_only is not None:
+                # Temperature is the whole warp: the kernel reads the raw logits and divides in-kernel.
+                g = kernels.acceptance_probs(target_raw, stacked, temperature=self.warp.temperature_only,
+                                             mode=self.mode, backend=self.backend)
+            else:
+                q = self.warp(ids, stacked, start)
+                g = kernels.acceptance_probs(target_warped, q, temperature=1.0, mode=self.mode, backend=self.backend)
+            gamma[model_rows] = g
+        if token_rows:
+            tokens = torch.stack([beliefs[i].tokens for i in token_rows])  # [n, m], -1 = no proposal
+            gamma[token_rows] = onehot_acceptance(target_warped, tokens, self.mode)
+        return gamma
+
+
+def onehot_acceptance(target_warped: torch.Tensor, tokens: torch.Tensor, mode: str) -> torch.Tensor:
+    """γ of deterministic proposals ``tokens [n, m]`` (−1 = none): p(x̃) (``tv``) or 1{x̃ = argmax p} (greedy)."""
+    proposed = tokens >= 0
+    safe = tokens.clamp(min=0)
+    if mode == "greedy":
+        hit = safe == target_warped.argmax(dim=-1)[None, :]
+        return (hit & proposed).float()
+    p = target_warped.softmax(dim=-1)  # [m, V]
+    picked = p.expand(tokens.shape[0], -1, -1).gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+    return torch.where(proposed, picked, torch.zeros_like(picked))
+
+
+class LossStream:
+    """γ of consecutive verified positions in; learner loss vectors out, as soon as each becomes computable.
+
+    This is QPM-D's FIFO (ALGORITHMS.md §4, **[reconstructed]**): the expected-length loss of position s needs
+    γ_{s..s+K−1}, so it is released once position s+K−1 is verified; the acceptance loss 1 − γ_s is released at once.
+    Released vectors are fed to the base learner in order before its next choice, one learner round each (token
+    level) or averaged into one round per draft–verify cycle (chunk level).
+
+    Parameters
+    ----------
+    kind : ``"expected_length"`` or ``"acceptance"``.
+    level : ``"token"`` or ``"chunk"``.
+    draft_len : K, the window of the expected-length loss.
+    """
+
+    def __init__(self, kind: str, level: str, draft_len: int):
+        self.kind, self.level, self.window = kind, level, max(int(draft_len), 1)
+        self.history: torch.Tensor | None = None  # [N, < K] γ of positions whose windows are still open
+
+    def reset(self) -> None:
+        """New prompt or a gap in the positions: windows that cannot complete are dropped."""
+        self.history = None
+
+    def push(self, gamma: torch.Tensor) -> torch.Tensor:
+        """Add γ ``[N, m]`` of the next ``m`` positions; return the released losses ``[T, N]`` (T may be 0)."""
+        if self.kind == "acceptance":
+            losses = (1.0 - gamma).t()
+        else:
+            history = gamma if self.history is None else torch.cat([self.history, gamma], dim=1)
+            losses = kernels.expected_length_losses(history, self.window)
+            self.history = history[:, losses.shape[0]:]
+        if self.level == "chunk" and losses.shape[0] > 1:
+            losses = losses.mean(dim=0, keepdim=True)
+        return losses

@@ -1,0 +1,166 @@
+"""Drop-in ``generate()`` and the transformers ``custom_generate`` adapter.
+
+Both run through ``target.generate(..., custom_generate=...)``: transformers prepares the generation config, the
+logits processors (temperature, top-k, top-p, min-new-tokens, …) and the stopping criteria exactly as for plain
+``generate()``, and the speculative loop applies that very list to target and drafters. Losslessness against
+``target.generate()`` therefore holds by construction, whatever options the user passes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria
+
+from .config import SpecConfig
+from .decoder import SpeculativeDecoder
+from .learners import Oracle, make_policy
+from .logits import LogitsWarp
+from .modeling import context_length, param_device_dtype, vocab_size
+from .pool import DrafterPool
+from .stats import GenerationStats
+
+
+@dataclass
+class SpeculativeOutput:
+    """``sequences``: LongTensor ``[1, prompt + new]``; ``stats``: :class:`GenerationStats`."""
+
+    sequences: torch.Tensor
+    stats: GenerationStats
+
+
+def _eos_ids(generation_config, stopping_criteria) -> set[int]:
+    ids: set[int] = set()
+    for crit in stopping_criteria or []:
+        if isinstance(crit, EosTokenCriteria):
+            ids.update(int(t) for t in torch.as_tensor(crit.eos_token_id).reshape(-1).tolist())
+    eos = getattr(generation_config, "eos_token_id", None)
+    if eos is not None and not ids:
+        ids.update(int(t) for t in torch.as_tensor(eos).reshape(-1).tolist())
+    return ids
+
+
+def _validate(model, input_ids, pool: DrafterPool, max_length: int) -> None:
+    if input_ids.dim() != 2 or input_ids.shape[0] != 1:
+        raise NotImplementedError(
+            f"hedgespec-fast supports batch size 1 for now; got input_ids of shape {tuple(input_ids.shape)}: "
+            "call generate once per prompt"
+        )
+    if input_ids.shape[1] == 0:
+        raise ValueError("the prompt is empty: speculative decoding needs at least one token")
+    device, dtype = param_device_dtype(model)
+    if input_ids.device != device:
+        raise ValueError(f"input_ids are on {input_ids.device} but the target is on {device}")
+    target_ctx = context_length(model)
+    if target_ctx is not None and max_length > target_ctx:
+        raise ValueError(f"the target supports {target_ctx} positions but this generation needs {max_length} "
+                         "(prompt + max_new_tokens)")
+    pool.check_compatible(vocab_size(model), device, dtype, max_length)
+
+
+def speculative_decode(model, input_ids, logits_processor, stopping_criteria, generation_config, drafters,
+                       config: SpecConfig, streamer=None, nvtx: bool = False) -> SpeculativeOutput:
+    """The speculative loop on what ``generate()`` prepared. Resolves the oracle by running every fixed drafter."""
+    pool = DrafterPool(drafters)
+    max_length = int(generation_config.max_length)
+    _validate(model, input_ids, pool, max_length)
+    policy = make_policy(config.policy, len(pool), config)
+    extra_stops = [c for c in (stopping_criteria or []) if not isinstance(c, (EosTokenCriteria, MaxLengthCriteria))]
+    common = dict(warp=LogitsWarp(logits_processor), do_sample=bool(generation_config.do_sample),
+                  max_length=max_length, eos_ids=_eos_ids(generation_config, stopping_criteria),
+                  stopping=extra_stops, nvtx=nvtx)
+    if isinstance(policy, Oracle):
+        return _oracle(model, input_ids, pool, config, streamer, common)
+    decoder = SpeculativeDecoder(model, pool, policy, config, streamer=streamer, **common)
+    sequences, stats = decoder.run(input_ids)
+    return SpeculativeOutput(sequences, stats)
+
+
+def _oracle(model, input_ids, pool, config, streamer, common) -> SpeculativeOutput:
+    """Best fixed drafter in hindsight for this prompt: highest MAT, then fewer rounds, then lower index."""
+    runs = []
+    for index in range(len(pool)):
+        fixed = SpecConfig.from_kwargs(config, policy=f"fixed:{index}")
+        decoder = SpeculativeDecoder(model, pool, make_policy(fixed.policy, len(pool), fixed), fixed, **common)
+        runs.append(decoder.run(input_ids))
+    best = min(range(len(runs)), key=lambda i: (-runs[i][1].mean_accepted, runs[i][1].rounds, i))
+    sequences, stats = runs[best]
+    stats.policy, stats.oracle_choice = "oracle", best
+    if streamer is not None:
+        streamer.put(sequences[0, input_ids.shape[1]:].cpu())
+        streamer.end()
+    return SpeculativeOutput(sequences, stats)
+
+
+def _spec_config(spec_config, policy, draft_len, tree, seed) -> SpecConfig:
+    overrides = {k: v for k, v in dict(policy=policy, draft_len=draft_len, tree=tree, seed=seed).items() if v is not None}
+    return SpecConfig.from_kwargs(spec_config, **overrides)
+
+
+def custom_generate(model, input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus=False,
+                    streamer=None, drafters=None, policy=None, draft_len=None, tree=None, seed=None, spec_config=None,
+                    spec_streamer=None, return_spec_output=False, **model_kwargs):
+    """``target.generate(input_ids, custom_generate=hs.custom_generate, drafters=[...], ...)``.
+
+    Extra ``generate`` keywords: ``drafters`` (required), ``policy``, ``draft_len``, ``tree``, ``seed``,
+    ``spec_config`` (a :class:`SpecConfig`), ``spec_streamer`` (transformers does not hand ``streamer=`` to a
+    custom_generate callable, so pass the streamer under this name to get tokens as they are emitted).
+    Returns the sequences (or a ``GenerateDecoderOnlyOutput`` with ``return_dict_in_generate=True``).
+    """
+    if drafters is None:
+        raise ValueError("custom_generate needs drafters=[...] (models sharing the target's vocabulary or hs.NGramDrafter())")
+    mask = model_kwargs.get("attention_mask")
+    if mask is not None and not bool((mask == 1).all()):
+        raise NotImplementedError("padded prompts are not supported yet: pass one unpadded prompt")
+    for flag in ("output_scores", "output_logits", "output_attentions", "output_hidden_states"):
+        if getattr(generation_config, flag, False):
+            raise NotImplementedError(f"{flag}=True is not supported by hedgespec-fast's speculative generation")
+    config = _spec_config(spec_config, policy, draft_len, tree, seed)
+    out = speculative_decode(model, input_ids, logits_processor, stopping_criteria, generation_config, drafters,
+                             config, streamer=spec_streamer or streamer)
+    if return_spec_output:
+        return out
+    if getattr(generation_config, "return_dict_in_generate", False):
+        from transformers.generation.utils import GenerateDecoderOnlyOutput
+
+        result = GenerateDecoderOnlyOutput(sequences=out.sequences)
+        result["spec_stats"] = out.stats
+        return result
+    return out.sequences
+
+
+def generate(target, input_ids, drafters, max_new_tokens: int = 128, policy="hedgespec", draft_len: int = 5,
+             do_sample: bool = False, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, tree=None,
+             seed: int | None = None, streamer=None, spec_config: SpecConfig | None = None,
+             **generate_kwargs) -> SpeculativeOutput:
+    """Speculative generation with online drafter selection; output identical to ``target.generate()`` (greedy) or
+    distributed as its sampling (``do_sample=True``).
+
+    Parameters
+    ----------
+    target : any ``AutoModelForCausalLM``.
+    input_ids : LongTensor ``[1, L]`` on the target's device.
+    drafters : models sharing the target's vocabulary and/or drafter objects (``hs.NGramDrafter()``).
+    max_new_tokens : exact cap on new tokens (EOS may stop earlier).
+    policy : a name from ``hs.POLICIES`` or a policy object (reuse it across calls for a warm start).
+    draft_len : K, tokens drafted per round.
+    do_sample, temperature, top_k, top_p : sampling, applied identically to target and drafters.
+    tree : draft-tree spec or None (chain).
+    seed : seeds sampling and the policy's randomness.
+    streamer : e.g. ``TextStreamer``; receives the prompt, then tokens as rounds emit them.
+    spec_config : a :class:`SpecConfig` for the other options (loss, level, choice, eval_every, backend, …).
+    generate_kwargs : anything else ``generate()`` takes (``min_new_tokens``, ``eos_token_id``, ``repetition_penalty``,
+        ``stopping_criteria``, ``logits_processor``, …).
+
+    Returns
+    -------
+    SpeculativeOutput with ``sequences [1, L + new]`` and ``stats``.
+    """
+    sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p) if do_sample else {}
+    if streamer is not None:
+        streamer.put(input_ids.cpu())
+    return target.generate(
+        input_ids, custom_generate=custom_generate, drafters=drafters, policy=policy, draft_len=draft_len, tree=tree,
+        seed=seed, spec_config=spec_config, spec_streamer=streamer, return_spec_output=True,
+        max_new_tokens=max_new_tokens, do_sample=do_sample, **sampling, **generate_kwargs,
+    )

@@ -1,0 +1,86 @@
+"""The policy interface the decoder talks to, and the record of a round it hands back."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+@dataclass
+class RoundOutcome:
+    """What one draft–verify round showed.
+
+    Attributes
+    ----------
+    chosen : drafter that drafted.
+    drafted, accepted, emitted : draft length, accepted draft tokens, tokens committed (accepted + correction/bonus,
+        fewer when generation stopped inside the round).
+    draft_len : the configured K.
+    gamma : ``[N, m]`` fp32 γ of every drafter at the ``m`` emitted positions (full information), or None when the
+        round was not evaluated.
+    block_reward : MetaSD's block-divergence reward of the chosen drafter (mean 1 − TV over all drafted positions), or
+        None when the policy did not ask for it.
+    """
+
+    chosen: int
+    drafted: int
+    accepted: int
+    emitted: int
+    draft_len: int
+    gamma: torch.Tensor | None = None
+    block_reward: float | None = None
+
+
+class Policy(nn.Module):
+    """Chooses a drafter each round and learns from the outcome. State lives in buffers (``state_dict`` / ``.to``).
+
+    Class attributes tell the decoder what to compute for it: ``full_information`` (γ of every drafter each round),
+    ``needs_block_reward`` (MetaSD's reward). ``stop_rule()`` may return a per-token stopping rule for drafting.
+    """
+
+    full_information = False
+    needs_block_reward = False
+
+    def __init__(self, n_drafters: int):
+        super().__init__()
+        if n_drafters < 1:
+            raise ValueError("a policy needs at least one drafter")
+        self.n_drafters = n_drafters
+        self.generator = torch.Generator()
+        self.generator.manual_seed(0)
+
+    def begin(self, n_drafters: int, draft_len: int, seed: int | None = None) -> None:
+        """Start a new prompt. Learned state is kept (warm start); per-prompt state is reset."""
+        if n_drafters != self.n_drafters:
+            raise ValueError(f"this policy was built for {self.n_drafters} drafters but the pool has {n_drafters}")
+        self.draft_len = draft_len
+        if seed is not None:
+            self.generator.manual_seed(seed)
+
+    def uniform(self) -> torch.Tensor:
+        """A U[0, 1) draw from the policy's own generator (CPU)."""
+        return torch.rand(1, generator=self.generator)
+
+    def choose(self) -> int:
+        raise NotImplementedError
+
+    def update(self, outcome: RoundOutcome) -> None:
+        raise NotImplementedError
+
+    def stop_rule(self) -> Callable | None:
+        return None
+
+    def skip(self) -> None:
+        """The decoder skipped evaluating a round (system-efficient mode): a gap in the verified positions."""
+
+    def weights(self) -> torch.Tensor | None:
+        """The current distribution over drafters, when the policy has one."""
+        return None
+
+    @property
+    def host_syncs_per_choice(self) -> int:
+        """Device→host syncs a ``choose()`` costs (1 when the state lives on a GPU)."""
+        buf = next(self.buffers(), None)
+        return int(buf is not None and buf.device.type == "cuda")

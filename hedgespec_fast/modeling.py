@@ -1,0 +1,48 @@
+"""What the engine needs to know about, and do with, any HF causal LM: feed tokens to a cache, read its sizes."""
+from __future__ import annotations
+
+import inspect
+from functools import lru_cache
+
+import torch
+
+
+@lru_cache(maxsize=None)
+def _accepts_logits_to_keep(model_cls) -> bool:
+    return "logits_to_keep" in inspect.signature(model_cls.forward).parameters
+
+
+def forward_logits(model, tokens: torch.Tensor, cache, keep: int, **extra) -> torch.Tensor:
+    """Feed ``tokens [n]`` (appended after what ``cache`` holds) and return the last ``keep`` rows of logits ``[keep, V]``.
+
+    ``keep = 0`` returns all ``n`` rows. ``extra`` goes to the model (e.g. a 4D ``attention_mask`` and ``position_ids``
+    for trees).
+    """
+    kwargs = dict(input_ids=tokens.view(1, -1), past_key_values=cache, use_cache=True, **extra)
+    if keep and _accepts_logits_to_keep(type(model)):
+        kwargs["logits_to_keep"] = keep
+    logits = model(**kwargs).logits[0]
+    return logits[-keep:] if keep else logits
+
+
+def vocab_size(model) -> int:
+    """Rows of the output projection: the size of the distributions the model emits."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None and getattr(head, "weight", None) is not None:
+        return int(head.weight.shape[0])
+    return int(model.config.get_text_config().vocab_size)
+
+
+def context_length(model) -> int | None:
+    """Longest sequence the model's positions support (None when unbounded or unknown)."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def param_device_dtype(model) -> tuple[torch.device, torch.dtype]:
+    p = next(model.parameters())
+    return p.device, p.dtype
