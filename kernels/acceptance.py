@@ -1,0 +1,377 @@
+"""Fused acceptance of every drafter at every position, from raw logits, in one launch.
+
+γ[i, j] = Σ_v min(softmax(p_j/T), softmax(q_ij/T)) (``tv``), 1{argmax q_ij = argmax p_j} (``greedy``),
+Σ_{v ∈ TopL(q_ij)} softmax(p_j/T)(v) (``topl``) or 1{argmax p_j ∈ TopL(q_ij)} (``topl_greedy``); see
+``reference.acceptance_probs``, whose results this reproduces (TopL ties → lowest index, argmax ties → first index).
+
+Design
+------
+Work unit: a *tile* = (position j, vocabulary chunk c of ``BLOCK_V`` tokens). A tile loads the target's chunk once and
+then loops over the N drafters' chunks, so the target row is read once for all drafters. Grid: one program per tile
+(``m · ⌈V / BLOCK_V⌉`` programs; ``BLOCK_V`` is picked so that there are ~4 tiles per SM).
+
+* greedy / topl / topl_greedy need no global normaliser before their per-chunk work: a tile writes per-chunk partials
+  (argmax value+index; softmax max+sum of p; the chunk's top-L candidates of each q_i) to a small workspace and bumps
+  a per-position counter; the *last* tile of position j (atomic counter reaches ``n_chunks``) merges the partials
+  and writes γ[:, j]. Bytes: every logit read once from HBM (the floor); one launch; no host sync.
+* tv needs each row's max and Σexp before min(p, q) can be summed, and Σ_v min(p/S_p, q/S_q) cannot be split
+  into per-chunk summaries without them. So each tile runs twice: a *stats* pass (max, Σexp of p and all q_i on
+  the chunk) and a *min* pass (re-reads the chunk, sums min(p, q_i) with the global normalisers). Both passes run
+  in one launch: programs take a ticket from an atomic counter (so a ticket's predecessors have all started and
+  none waits on a later one: no deadlock, whatever the residency) and tickets are ordered S_0, S_1, M_0, S_2,
+  M_1, …: the min tiles of position j spin (atomic acquire) until its A stats tiles have published, while the
+  stats tiles of position j + 1 keep the memory busy. The chunk is re-read ~one position later, from L2
+  (a position's rows are (N + 1)·V·2 B = 2.3 MB at N8·V128256; H100's L2 is 50 MB), with ``evict_last`` on the
+  first read: HBM traffic ≈ the floor, L2 traffic 2×. The last min tile of j sums the per-chunk partials in a fixed
+  order (deterministic) and writes γ[:, j]. ``schedule="two_launch"`` runs the passes as two launches of the same
+  kernel instead (the fallback, and the comparison in ``bench/gpu_kernels.py``).
+* Counters live in a per-(device, stream) int32 buffer that the kernel leaves zeroed (the last user of each counter
+  resets it), so no memset launch is needed and the launch is CUDA-graph capturable (warm up once before capture).
+* Drafters: ``[N, m, V]`` (any strides, last one 1), or a list of N ``[m, V]`` tensors read in place: evenly spaced
+  in memory (views of one buffer) → base pointer + stride; otherwise a device table of N row pointers (one small H2D
+  copy; not for graph capture); mixed dtypes → ``torch.stack``.
+* Temperature is applied in-kernel (base-2 exponentials with log2(e)/T folded into one scale). top-k / top-p are
+  exact through the documented pre-pass ``reference.warp_logits`` (fp32 warped logits, T folded in), never ignored.
+* ``acceptance_and_update``: the whole selection step in one launch. The last tile to finish a position bumps a
+  second counter; the one that finishes the last position runs ``hedge._learner_step`` on the γ window.
+
+Bytes per call (tv, bf16): (N + 1)·m·V·2 from HBM + the same again from L2 + a few KB of partials; launches per
+selection step: 1 (``acceptance_and_update``) or 2 (``acceptance_probs`` + ``hedge.hedge_update_from_gamma``).
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from . import reference
+from .hedge import _learner_step, gamma_rounds, learner_arguments
+
+MODE_IDS = {"tv": 0, "greedy": 1, "topl": 2, "topl_greedy": 3}
+SCHEDULES = ("fused", "two_launch")
+_TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
+_BIG = tl.constexpr(2**31 - 1)  # "no index" sentinel, above every vocabulary index
+_SEMAPHORES: dict = {}
+
+
+@triton.jit
+def _chunk_stats(z):
+    """max and Σ 2^(z − max) of a chunk already scaled to base 2; an all −inf chunk gives (−inf, 0)."""
+    z_max = tl.max(z, axis=0)
+    return z_max, tl.sum(tl.exp2(z - tl.where(z_max == float("-inf"), 0.0, z_max)), axis=0)
+
+
+@triton.jit
+def _merged_stats(ws_f_ptr, max_at, sum_at, cidx, n_chunks):
+    """Row max and Σ 2^(z − max) from the per-chunk partials (.cg: written by other programs)."""
+    maxes = tl.load(ws_f_ptr + max_at + cidx, mask=cidx < n_chunks, other=float("-inf"), cache_modifier=".cg")
+    sums = tl.load(ws_f_ptr + sum_at + cidx, mask=cidx < n_chunks, other=0.0, cache_modifier=".cg")
+    row_max = tl.max(maxes, axis=0)
+    row_max = tl.where(row_max == float("-inf"), 0.0, row_max)
+    return row_max, tl.sum(sums * tl.exp2(maxes - row_max), axis=0)
+
+
+@triton.jit
+def _merged_argmax(ws_f_ptr, ws_i_ptr, at, cidx, n_chunks):
+    """First index of the row maximum from the per-chunk (max, first index) partials."""
+    vals = tl.load(ws_f_ptr + at + cidx, mask=cidx < n_chunks, other=float("-inf"), cache_modifier=".cg")
+    idxs = tl.load(ws_i_ptr + at + cidx, mask=cidx < n_chunks, other=_BIG, cache_modifier=".cg")
+    return tl.min(tl.where((cidx < n_chunks) & (vals == tl.max(vals, axis=0)), idxs, _BIG), axis=0)
+
+
+@triton.jit
+def _drafter_row(drafter_ptr, n, pos, stride_dn, stride_dm, PTR_TABLE: tl.constexpr, DRAFT_DTYPE: tl.constexpr):
+    if PTR_TABLE:
+        base = tl.load(drafter_ptr + n).to(tl.pointer_type(DRAFT_DTYPE))
+    else:
+        base = drafter_ptr + tl.cast(n, tl.int64) * stride_dn
+    return base + pos.to(tl.int64) * stride_dm
+
+
+@triton.jit(do_not_specialize=["m", "n_chunks", "col0", "stride_hn", "n_rounds"])
+def _acceptance_kernel(
+    target_ptr, drafter_ptr, hist_ptr, ws_f_ptr, ws_i_ptr, sem_ptr, m, n_drafters, vocab, n_chunks, col0,
+    stride_tm, stride_dn, stride_dm, stride_hn, stride_hs, scale, n_rounds, draft_len,
+    regret_ptr, abs_regret_ptr, cum_loss_ptr, weights_ptr, step_ptr, prior_ptr, u_ptr, choice_ptr,
+    n, inv_n, eta, hedge_rate_num, log_bracket,
+    MODE: tl.constexpr, TOP_L: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_CL: tl.constexpr,
+    PTR_TABLE: tl.constexpr, DRAFT_DTYPE: tl.constexpr, SCHEDULE: tl.constexpr, FUSED: tl.constexpr,
+    LOSS: tl.constexpr, CHUNK: tl.constexpr, ALGO: tl.constexpr, HAS_ETA: tl.constexpr, HAS_PRIOR: tl.constexpr,
+    SAMPLE: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    # Workspace: stats slots (row r ∈ [0, N], 0 = target; position; chunk) for max | Σexp | argmax value, then the
+    # min partials (drafter, position, chunk), then the top-L candidates (drafter, position, chunk, l).
+    slots = (n_drafters + 1) * m * n_chunks
+    F_SUM = slots
+    F_ARGV = 2 * slots
+    F_MIN = 3 * slots
+    F_TOPV = 3 * slots + n_drafters * m * n_chunks
+    if SCHEDULE == 0:  # tv in one launch: tickets S_0, S_1, M_0, S_2, M_1, …, S_{m-1}, M_{m-2}, M_{m-1}
+        ticket = tl.atomic_add(sem_ptr, 1)
+        if ticket == 2 * m * n_chunks - 1:
+            tl.atomic_xchg(sem_ptr, 0)  # every ticket is taken: ready for the next launch
+        after = tl.maximum(ticket - n_chunks, 0)
+        rnd = 1 + after // (2 * n_chunks)
+        off = after % (2 * n_chunks)
+        first = ticket < n_chunks
+        is_stats = first | ((off < n_chunks) & (rnd < m))
+        pos = tl.where(first, 0, tl.where(is_stats, rnd, rnd - 1))
+        chunk = tl.where(first, ticket, tl.where(off < n_chunks, off, off - n_chunks))
+    else:
+        is_stats = SCHEDULE == 1
+        pos = tl.program_id(0) // n_chunks
+        chunk = tl.program_id(0) % n_chunks
+    offs = chunk * BLOCK_V + tl.arange(0, BLOCK_V)
+    in_vocab = offs < vocab
+    target_row = target_ptr + pos.to(tl.int64) * stride_tm
+    cidx = tl.arange(0, BLOCK_C)
+    if is_stats:
+        x = tl.load(target_row + offs, mask=in_vocab, other=float("-inf"), eviction_policy="evict_last").to(tl.float32)
+        at = pos * n_chunks + chunk
+        if MODE % 2 == 0:  # tv, topl: softmax statistics of p
+            z_max, z_sum = _chunk_stats(x * scale)
+            tl.store(ws_f_ptr + at, z_max)
+            tl.store(ws_f_ptr + F_SUM + at, z_sum)
+        else:  # greedy modes: argmax p (first index)
+            x_max, x_arg = tl.max(x, axis=0, return_indices=True, return_indices_tie_break_left=True)
+            tl.store(ws_f_ptr + F_ARGV + at, x_max)
+            tl.store(ws_i_ptr + at, chunk * BLOCK_V + x_arg)
+        for d in range(n_drafters):
+            q = tl.load(_drafter_row(drafter_ptr, d, pos, stride_dn, stride_dm, PTR_TABLE, DRAFT_DTYPE) + offs,
+                        mask=in_vocab, other=float("-inf"), eviction_policy="evict_last").to(tl.float32)
+            at = ((d + 1) * m + pos) * n_chunks + chunk
+            if MODE == 0:
+                z_max, z_sum = _chunk_stats(q * scale)
+                tl.store(ws_f_ptr + at, z_max)
+                tl.store(ws_f_ptr + F_SUM + at, z_sum)
+            elif MODE == 1:
+                q_max, q_arg = tl.max(q, axis=0, return_indices=True, return_indices_tie_break_left=True)
+                tl.store(ws_f_ptr + F_ARGV + at, q_max)
+                tl.store(ws_i_ptr + at, chunk * BLOCK_V + q_arg)
+            else:  # this chunk's top-L of q by (value desc, index asc); sentinel _BIG when the chunk runs out
+                cand_at = ((d * m + pos) * n_chunks + chunk) * TOP_L
+                avail = in_vocab
+                for l in tl.static_range(TOP_L):
+                    best, best_at = tl.max(tl.where(avail, q, float("-inf")), axis=0, return_indices=True,
+                                           return_indices_tie_break_left=True)
+                    idx = chunk * BLOCK_V + best_at
+                    if best == float("-inf"):  # only −inf left: the first still-available index (or none)
+                        idx = tl.min(tl.where(avail, offs, _BIG), axis=0)
+                    tl.store(ws_f_ptr + F_TOPV + cand_at + l, best)
+                    tl.store(ws_i_ptr + slots + cand_at + l, idx)
+                    avail = avail & (offs != idx)
+        tl.debug_barrier()  # all threads' partials are issued before the release below
+        arrived = tl.atomic_add(sem_ptr + 2 + 2 * pos, 1)  # acq_rel: publishes the partials
+        finisher = arrived == n_chunks - 1
+        if MODE == 0:
+            finisher = arrived < 0  # tv finishes in the min pass
+    else:  # tv min pass: wait for position pos's statistics, then Σ min(p, q_d) over this chunk
+        while tl.atomic_add(sem_ptr + 2 + 2 * pos, 0, sem="acquire") < n_chunks:
+            pass
+        tl.debug_barrier()
+        p_max, p_sum = _merged_stats(ws_f_ptr, pos * n_chunks, F_SUM + pos * n_chunks, cidx, n_chunks)
+        p = tl.load(target_row + offs, mask=in_vocab, other=float("-inf"), eviction_policy="evict_first")
+        p = tl.exp2(p.to(tl.float32) * scale - p_max) * (1.0 / p_sum)
+        for d in range(n_drafters):
+            at = ((d + 1) * m + pos) * n_chunks
+            q_max, q_sum = _merged_stats(ws_f_ptr, at, F_SUM + at, cidx, n_chunks)
+            q = tl.load(_drafter_row(drafter_ptr, d, pos, stride_dn, stride_dm, PTR_TABLE, DRAFT_DTYPE) + offs,
+                        mask=in_vocab, other=float("-inf"), eviction_policy="evict_first").to(tl.float32)
+            q = tl.exp2(q * scale - q_max) * (1.0 / q_sum)
+            tl.store(ws_f_ptr + F_MIN + (d * m + pos) * n_chunks + chunk, tl.sum(tl.minimum(p, q), axis=0))
+        tl.debug_barrier()
+        arrived = tl.atomic_add(sem_ptr + 3 + 2 * pos, 1)
+        finisher = arrived == n_chunks - 1
+    if finisher:  # the last tile of position pos merges the partials into γ[:, pos]
+        tl.debug_barrier()
+        out_at = (col0 + pos).to(tl.int64) * stride_hs
+        if MODE == 0:
+            for d in range(n_drafters):
+                parts = tl.load(ws_f_ptr + F_MIN + (d * m + pos) * n_chunks + cidx, mask=cidx < n_chunks, other=0.0,
+                                cache_modifier=".cg")
+                tl.store(hist_ptr + tl.cast(d, tl.int64) * stride_hn + out_at, tl.sum(parts, axis=0))
+            tl.atomic_xchg(sem_ptr + 3 + 2 * pos, 0)
+        elif MODE == 1:
+            arg_p = _merged_argmax(ws_f_ptr + F_ARGV, ws_i_ptr, pos * n_chunks, cidx, n_chunks)
+            for d in range(n_drafters):
+                arg_q = _merged_argmax(ws_f_ptr + F_ARGV, ws_i_ptr, ((d + 1) * m + pos) * n_chunks, cidx, n_chunks)
+                tl.store(hist_ptr + tl.cast(d, tl.int64) * stride_hn + out_at, (arg_q == arg_p).to(tl.float32))
+        else:
+            if MODE == 2:
+                p_max, p_sum = _merged_stats(ws_f_ptr, pos * n_chunks, F_SUM + pos * n_chunks, cidx, n_chunks)
+            else:
+                arg_p = _merged_argmax(ws_f_ptr + F_ARGV, ws_i_ptr, pos * n_chunks, cidx, n_chunks)
+            kidx = tl.arange(0, BLOCK_CL)
+            for d in range(n_drafters):
+                cand_at = (d * m + pos) * n_chunks * TOP_L
+                kmask = kidx < n_chunks * TOP_L
+                vals = tl.load(ws_f_ptr + F_TOPV + cand_at + kidx, mask=kmask, other=float("-inf"),
+                               cache_modifier=".cg")
+                idxs = tl.load(ws_i_ptr + slots + cand_at + kidx, mask=kmask, other=_BIG, cache_modifier=".cg")
+                avail = kmask & (idxs < vocab)
+                gamma = 0.0
+                for l in tl.static_range(TOP_L):  # global top-L: (value desc, index asc) over the candidates
+                    best = tl.max(tl.where(avail, vals, float("-inf")), axis=0)
+                    idx = tl.min(tl.where(avail & (vals == best), idxs, _BIG), axis=0)
+                    avail = avail & (idxs != idx)
+                    hit = idx < vocab
+                    if MODE == 2:
+                        x_l = tl.load(target_row + idx, mask=hit, other=float("-inf")).to(tl.float32)
+                        gamma += tl.exp2(x_l * scale - p_max) / p_sum
+                    else:
+                        gamma += (hit & (idx == arg_p)).to(tl.float32)
+                tl.store(hist_ptr + tl.cast(d, tl.int64) * stride_hn + out_at, gamma)
+        tl.atomic_xchg(sem_ptr + 2 + 2 * pos, 0)
+        if FUSED:  # the finisher of the last position runs the learner on the γ window
+            tl.debug_barrier()
+            done = tl.atomic_add(sem_ptr + 1, 1)
+            if done == m - 1:
+                tl.atomic_xchg(sem_ptr + 1, 0)
+                tl.debug_barrier()
+                _learner_step(hist_ptr, 0, 0, hist_ptr, stride_hn, stride_hs, n_rounds, draft_len, regret_ptr,
+                              abs_regret_ptr, cum_loss_ptr, weights_ptr, step_ptr, prior_ptr, u_ptr, choice_ptr,
+                              n, inv_n, eta, hedge_rate_num, log_bracket, LOSS, CHUNK, ALGO, HAS_ETA, HAS_PRIOR,
+                              SAMPLE, BLOCK_N)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+
+
+def _semaphores(device: torch.device, m: int) -> torch.Tensor:
+    """Counters [ticket, positions done, (stats, min) per position]; kernels leave them zeroed."""
+    key = (device, torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0)
+    sem = _SEMAPHORES.get(key)
+    if sem is None or sem.numel() < 2 + 2 * m:
+        sem = _SEMAPHORES[key] = torch.zeros(2 + 2 * max(m, 64), dtype=torch.int32, device=device)
+    elif device.type != "cuda":
+        sem.zero_()  # the interpreter can stop mid-kernel on an exception; on CUDA the kernel resets them
+    return sem
+
+
+def _drafter_source(drafter_logits, m, vocab):
+    """(tensor or pointer table, stride_n, stride_m, pointer table?, dtype) of the drafters, without a copy if possible."""
+    if isinstance(drafter_logits, torch.Tensor):
+        if drafter_logits.dim() != 3 or tuple(drafter_logits.shape[1:]) != (m, vocab):
+            raise ValueError(f"drafter logits must be [N, {m}, {vocab}], got {tuple(drafter_logits.shape)}")
+        d = drafter_logits if drafter_logits.stride(-1) == 1 else drafter_logits.contiguous()
+        return d, d.stride(0), d.stride(1), False, d.dtype
+    rows = list(drafter_logits)
+    first = rows[0]
+    if any(r.dtype != first.dtype or tuple(r.shape) != (m, vocab) or r.stride() != first.stride() or r.stride(-1) != 1
+           or r.device != first.device for r in rows):
+        return _drafter_source(reference._stack_drafters(rows), m, vocab)  # mixed layouts: one copy
+    ptrs = [r.data_ptr() for r in rows]
+    gap = ptrs[1] - ptrs[0] if len(rows) > 1 else 0
+    if gap % first.element_size() == 0 and all(p - ptrs[0] == i * gap for i, p in enumerate(ptrs)):
+        return first, gap // first.element_size(), first.stride(0), False, first.dtype  # one buffer: base + stride
+    table = torch.tensor(ptrs, dtype=torch.int64)
+    if first.device.type == "cuda":
+        table = table.pin_memory().to(first.device, non_blocking=True)
+    return table, 0, first.stride(0), True, first.dtype
+
+
+def _launch(target_logits, drafter_logits, hist, col0, temperature, mode, top_k, top_p, top_l, block_v, schedule,
+            learner=None):
+    if mode not in MODE_IDS or schedule not in SCHEDULES:
+        raise ValueError(f"mode must be one of {reference.MODES} and schedule one of {SCHEDULES}")
+    if not 1 <= top_l <= reference.MAX_TOP_L:
+        raise ValueError(f"top_l must be in [1, {reference.MAX_TOP_L}], got {top_l}")
+    m, vocab = target_logits.shape
+    n_drafters = hist.shape[0]
+    if m == 0 or n_drafters == 0:
+        return
+    if mode in ("tv", "topl"):
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0 for sampling modes, got {temperature}")
+        if 0 < top_k < vocab or top_p < 1.0:  # exact top-k / top-p: the documented warp pre-pass (fp32, T folded in)
+            target_logits = reference.warp_logits(target_logits, temperature, top_k, top_p)
+            if mode == "tv":
+                drafter_logits = reference.warp_logits(reference._stack_drafters(drafter_logits), temperature, top_k,
+                                                       top_p)
+            temperature = 1.0
+    if target_logits.stride(-1) != 1:
+        target_logits = target_logits.contiguous()
+    drafters, stride_dn, stride_dm, ptr_table, draft_dtype = _drafter_source(drafter_logits, m, vocab)
+    if target_logits.dtype not in _TL_DTYPES or draft_dtype not in _TL_DTYPES:
+        raise TypeError(f"logits must be fp32, fp16 or bf16, got {target_logits.dtype} / {draft_dtype}")
+    device = target_logits.device
+    if block_v is None:
+        per_tile = triton.cdiv(m * vocab, 4 * _sm_count(device))
+        block_v = min(max(triton.next_power_of_2(per_tile), 512), 4096, max(triton.next_power_of_2(vocab), 16))
+    n_chunks = triton.cdiv(vocab, block_v)
+    top = top_l if mode in ("topl", "topl_greedy") else 0
+    slots = (n_drafters + 1) * m * n_chunks
+    ws_f = torch.empty(3 * slots + n_drafters * m * n_chunks * (1 + top), dtype=torch.float32, device=device)
+    ws_i = torch.empty(slots + n_drafters * m * n_chunks * top, dtype=torch.int32, device=device)
+    sem = _semaphores(device, m)
+    if learner is None:
+        learner_args = (ws_f,) * 8 + (n_drafters, 0.0, 0.0, 0.0, 0.0)
+        learner_const = dict(FUSED=False, LOSS=0, CHUNK=False, ALGO=0, HAS_ETA=False, HAS_PRIOR=False, SAMPLE=False,
+                             BLOCK_N=2)
+        n_rounds, draft_len = 0, 1
+    else:
+        learner_args, learner_const, n_rounds, draft_len = learner
+        learner_const = dict(learner_const, FUSED=True)
+    args = (target_logits, drafters, hist, ws_f, ws_i, sem, m, n_drafters, vocab, n_chunks, col0,
+            target_logits.stride(0), stride_dn, stride_dm, hist.stride(0), hist.stride(1),
+            math.log2(math.e) / temperature if mode in ("tv", "topl") else 1.0, n_rounds, draft_len, *learner_args)
+    const = dict(MODE=MODE_IDS[mode], TOP_L=max(top, 1), BLOCK_V=block_v, BLOCK_C=triton.next_power_of_2(n_chunks),
+                 BLOCK_CL=triton.next_power_of_2(n_chunks * top) if top else 1, PTR_TABLE=ptr_table,
+                 DRAFT_DTYPE=_TL_DTYPES[draft_dtype], num_warps=8 if block_v >= 4096 else 4 if block_v >= 1024 else 2,
+                 **learner_const)
+    tiles = m * n_chunks
+    if mode != "tv":
+        _acceptance_kernel[(tiles,)](*args, SCHEDULE=1, **const)
+    elif schedule == "fused":
+        _acceptance_kernel[(2 * tiles,)](*args, SCHEDULE=0, **const)
+    else:
+        _acceptance_kernel[(tiles,)](*args, SCHEDULE=1, **dict(const, FUSED=False))
+        _acceptance_kernel[(tiles,)](*args, SCHEDULE=2, **const)
+
+
+def _gamma_out(out, n_drafters, m, device):
+    if out is None:
+        return torch.empty((n_drafters, m), dtype=torch.float32, device=device)
+    if tuple(out.shape) != (n_drafters, m) or out.dtype != torch.float32 or out.device != device:
+        raise ValueError(f"out must be an fp32 tensor [{n_drafters}, {m}] on {device}")
+    return out
+
+
+def acceptance_probs(target_logits, drafter_logits, temperature=1.0, mode="tv", top_k=0, top_p=1.0, top_l=1, *,
+                     out=None, block_v=None, schedule="fused"):
+    """Triton twin of :func:`reference.acceptance_probs`: γ ``[N, m]`` fp32 in one launch (see the module doc).
+
+    Extra keywords: ``out`` (``[N, m]`` fp32, any strides), ``block_v`` (vocabulary chunk, a power of two; None =
+    heuristic), ``schedule`` (``"fused"`` one launch | ``"two_launch"``, tv only).
+    """
+    n_drafters = len(drafter_logits)
+    out = _gamma_out(out, n_drafters, target_logits.shape[0], target_logits.device)
+    _launch(target_logits, drafter_logits, out, 0, temperature, mode, top_k, top_p, top_l, block_v, schedule)
+    return out
+
+
+def acceptance_and_update(target_logits, drafter_logits, gamma_history, regret, abs_regret, cum_loss, weights, step, *,
+                          temperature=1.0, mode="tv", top_k=0, top_p=1.0, top_l=1, draft_len=1,
+                          loss="expected_length", level="token", algo="normalhedge", eta=None, prior=None, u=None,
+                          out=None, block_v=None, schedule="fused"):
+    """Triton twin of :func:`reference.acceptance_and_update`: γ into the last m columns of ``gamma_history``,
+    then losses + learner rounds + choice, all in one launch. Returns the choice ``[1]`` int64."""
+    m, width = target_logits.shape[0], gamma_history.shape[1]
+    if width < m:
+        raise ValueError(f"gamma_history has {width} columns, fewer than the {m} new positions")
+    if gamma_history.shape[0] != len(drafter_logits):
+        raise ValueError(f"gamma_history has {gamma_history.shape[0]} rows for {len(drafter_logits)} drafters")
+    n_rounds, loss_kind, chunk = gamma_rounds(gamma_history, weights.numel(), draft_len, loss, level)
+    args, const, choice = learner_arguments(regret, abs_regret, cum_loss, weights, step, algo, eta, prior, u, out)
+    if m == 0:  # nothing to evaluate: the update alone
+        from .hedge import hedge_update_from_gamma
+        return hedge_update_from_gamma(gamma_history, regret, abs_regret, cum_loss, weights, step, draft_len=draft_len,
+                                       loss=loss, level=level, algo=algo, eta=eta, prior=prior, u=u, out=choice)
+    _launch(target_logits, drafter_logits, gamma_history, width - m, temperature, mode, top_k, top_p, top_l, block_v,
+            schedule, learner=(args, dict(const, LOSS=loss_kind, CHUNK=chunk), n_rounds, draft_len))
+    return choice
