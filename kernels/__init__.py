@@ -6,6 +6,10 @@ signature. ``backend="auto"`` takes Triton for CUDA tensors when Triton is impor
 ``"triton"`` / ``"torch"`` force one. The environment variable ``HEDGESPEC_BACKEND`` (auto | triton | torch)
 overrides the argument, e.g. to run the Triton path on CPU under ``TRITON_INTERPRET=1``.
 
+Fused entry points (same dispatch, twins in ``reference.py``): ``hedge_update_from_gamma`` (γ window → losses →
+update → choice, one launch) and ``acceptance_and_update`` (the whole selection step, one launch). Every entry point
+takes ``out=`` (the result is written there: tests poison it with NaN first).
+
 Importing this package is cheap: Triton is imported (and kernels compiled) only on first use.
 """
 from __future__ import annotations
@@ -17,7 +21,7 @@ import os
 import torch
 
 from . import reference
-from .reference import ALGOS, MODES, choose, expected_length_losses, warp_logits
+from .reference import ALGOS, LEVELS, LOSSES, MODES, choose, expected_length_losses, warp_logits
 
 BACKENDS = ("auto", "triton", "torch")
 ENV_BACKEND = "HEDGESPEC_BACKEND"
@@ -25,6 +29,8 @@ ENV_BACKEND = "HEDGESPEC_BACKEND"
 __all__ = [
     "acceptance_probs",
     "hedge_update",
+    "hedge_update_from_gamma",
+    "acceptance_and_update",
     "expected_length_losses",
     "warp_logits",
     "choose",
@@ -32,6 +38,8 @@ __all__ = [
     "triton_available",
     "MODES",
     "ALGOS",
+    "LOSSES",
+    "LEVELS",
     "BACKENDS",
 ]
 
@@ -73,22 +81,43 @@ def _triton_module(name: str):
 
 
 def acceptance_probs(target_logits, drafter_logits, temperature=1.0, mode="tv", top_k=0, top_p=1.0, top_l=1,
-                     backend="auto"):
+                     backend="auto", *, out=None):
     """γ ``[N, m]`` fp32 of every drafter at every position; see :func:`reference.acceptance_probs`."""
-    device = target_logits.device
-    if resolve_backend(backend, device) == "triton":
-        return _triton_module("acceptance").acceptance_probs(
-            target_logits, drafter_logits, temperature=temperature, mode=mode, top_k=top_k, top_p=top_p, top_l=top_l
-        )
-    return reference.acceptance_probs(
-        target_logits, drafter_logits, temperature=temperature, mode=mode, top_k=top_k, top_p=top_p, top_l=top_l
-    )
+    kwargs = dict(temperature=temperature, mode=mode, top_k=top_k, top_p=top_p, top_l=top_l, out=out)
+    if resolve_backend(backend, target_logits.device) == "triton":
+        return _triton_module("acceptance").acceptance_probs(target_logits, drafter_logits, **kwargs)
+    return reference.acceptance_probs(target_logits, drafter_logits, **kwargs)
 
 
 def hedge_update(losses, regret, abs_regret, cum_loss, weights, step, *, algo="normalhedge", eta=None, prior=None,
-                 u=None, backend="auto"):
+                 u=None, backend="auto", out=None):
     """Apply ``T`` learner rounds in place and return the next choice; see :func:`reference.hedge_update`."""
-    kwargs = dict(algo=algo, eta=eta, prior=prior, u=u)
+    kwargs = dict(algo=algo, eta=eta, prior=prior, u=u, out=out)
     if resolve_backend(backend, weights.device) == "triton":
         return _triton_module("hedge").hedge_update(losses, regret, abs_regret, cum_loss, weights, step, **kwargs)
     return reference.hedge_update(losses, regret, abs_regret, cum_loss, weights, step, **kwargs)
+
+
+def hedge_update_from_gamma(gamma, regret, abs_regret, cum_loss, weights, step, *, draft_len=1, loss="expected_length",
+                            level="token", algo="normalhedge", eta=None, prior=None, u=None, backend="auto", out=None):
+    """Losses of a γ window ``[N, S]`` + ``T`` learner rounds + next choice (one launch on Triton); see
+    :func:`reference.hedge_update_from_gamma`."""
+    kwargs = dict(draft_len=draft_len, loss=loss, level=level, algo=algo, eta=eta, prior=prior, u=u, out=out)
+    if resolve_backend(backend, weights.device) == "triton":
+        return _triton_module("hedge").hedge_update_from_gamma(gamma, regret, abs_regret, cum_loss, weights, step,
+                                                               **kwargs)
+    return reference.hedge_update_from_gamma(gamma, regret, abs_regret, cum_loss, weights, step, **kwargs)
+
+
+def acceptance_and_update(target_logits, drafter_logits, gamma_history, regret, abs_regret, cum_loss, weights, step, *,
+                          temperature=1.0, mode="tv", top_k=0, top_p=1.0, top_l=1, draft_len=1, loss="expected_length",
+                          level="token", algo="normalhedge", eta=None, prior=None, u=None, backend="auto", out=None):
+    """The whole selection step (γ of the new positions into ``gamma_history``, losses, learner rounds, choice), one
+    launch on Triton; see :func:`reference.acceptance_and_update`."""
+    kwargs = dict(temperature=temperature, mode=mode, top_k=top_k, top_p=top_p, top_l=top_l, draft_len=draft_len,
+                  loss=loss, level=level, algo=algo, eta=eta, prior=prior, u=u, out=out)
+    state = (regret, abs_regret, cum_loss, weights, step)
+    if resolve_backend(backend, target_logits.device) == "triton":
+        return _triton_module("acceptance").acceptance_and_update(target_logits, drafter_logits, gamma_history, *state,
+                                                                  **kwargs)
+    return reference.acceptance_and_update(target_logits, drafter_logits, gamma_history, *state, **kwargs)
