@@ -28,8 +28,9 @@ then loops over the N drafters' chunks, so the target row is read once for all d
 * Counters live in a per-(device, stream) int32 buffer that the kernel leaves zeroed (the last user of each counter
   resets it), so no memset launch is needed and the launch is CUDA-graph capturable (warm up once before capture).
 * Drafters: ``[N, m, V]`` (any strides, last one 1), or a list of N ``[m, V]`` tensors read in place: evenly spaced
-  in memory (views of one buffer) → base pointer + stride; otherwise a device table of N row pointers (one small H2D
-  copy; not for graph capture); mixed dtypes → ``torch.stack``.
+  in memory (views of one buffer) → base pointer + stride; otherwise a device table of N element offsets from
+  drafter 0 (one small H2D copy, so not for graph capture; a host-checked 16-byte alignment hint keeps the loads
+  vectorised); mixed dtypes or layouts → ``torch.stack`` (a copy).
 * Temperature is applied in-kernel (base-2 exponentials with log2(e)/T folded into one scale). top-k / top-p are
   exact through the documented pre-pass ``reference.warp_logits`` (fp32 warped logits, T folded in), never ignored.
 * ``acceptance_and_update``: the whole selection step in one launch. The last tile to finish a position bumps a
@@ -52,7 +53,7 @@ from .hedge import _learner_step, gamma_rounds, learner_arguments
 
 MODE_IDS = {"tv": 0, "greedy": 1, "topl": 2, "topl_greedy": 3}
 SCHEDULES = ("fused", "two_launch")
-_TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _BIG = tl.constexpr(2**31 - 1)  # "no index" sentinel, above every vocabulary index
 _SEMAPHORES: dict = {}
 
@@ -83,22 +84,25 @@ def _merged_argmax(ws_f_ptr, ws_i_ptr, at, cidx, n_chunks):
 
 
 @triton.jit
-def _drafter_row(drafter_ptr, n, pos, stride_dn, stride_dm, PTR_TABLE: tl.constexpr, DRAFT_DTYPE: tl.constexpr):
-    if PTR_TABLE:
-        base = tl.load(drafter_ptr + n).to(tl.pointer_type(DRAFT_DTYPE))
+def _drafter_row(drafter_ptr, offsets_ptr, n, pos, stride_dn, stride_dm, OFFSET_TABLE: tl.constexpr,
+                 TABLE_ALIGN: tl.constexpr):
+    if OFFSET_TABLE:  # drafter n starts offsets[n] elements from drafter 0 (any order, any gaps)
+        start = tl.load(offsets_ptr + n)
+        if TABLE_ALIGN > 1:  # every start is 16-byte aligned (checked on the host): keeps the loads vectorised
+            start = tl.multiple_of(start, TABLE_ALIGN)
     else:
-        base = drafter_ptr + tl.cast(n, tl.int64) * stride_dn
-    return base + pos.to(tl.int64) * stride_dm
+        start = tl.cast(n, tl.int64) * stride_dn
+    return drafter_ptr + start + pos.to(tl.int64) * stride_dm
 
 
 @triton.jit(do_not_specialize=["m", "n_chunks", "col0", "stride_hn", "n_rounds"])
 def _acceptance_kernel(
-    target_ptr, drafter_ptr, hist_ptr, ws_f_ptr, ws_i_ptr, sem_ptr, m, n_drafters, vocab, n_chunks, col0,
+    target_ptr, drafter_ptr, offsets_ptr, hist_ptr, ws_f_ptr, ws_i_ptr, sem_ptr, m, n_drafters, vocab, n_chunks, col0,
     stride_tm, stride_dn, stride_dm, stride_hn, stride_hs, scale, n_rounds, draft_len,
     regret_ptr, abs_regret_ptr, cum_loss_ptr, weights_ptr, step_ptr, prior_ptr, u_ptr, choice_ptr,
     n, inv_n, eta, hedge_rate_num, log_bracket,
     MODE: tl.constexpr, TOP_L: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_CL: tl.constexpr,
-    PTR_TABLE: tl.constexpr, DRAFT_DTYPE: tl.constexpr, SCHEDULE: tl.constexpr, FUSED: tl.constexpr,
+    OFFSET_TABLE: tl.constexpr, TABLE_ALIGN: tl.constexpr, SCHEDULE: tl.constexpr, FUSED: tl.constexpr,
     LOSS: tl.constexpr, CHUNK: tl.constexpr, ALGO: tl.constexpr, HAS_ETA: tl.constexpr, HAS_PRIOR: tl.constexpr,
     SAMPLE: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -140,7 +144,7 @@ def _acceptance_kernel(
             tl.store(ws_f_ptr + F_ARGV + at, x_max)
             tl.store(ws_i_ptr + at, chunk * BLOCK_V + x_arg)
         for d in range(n_drafters):
-            q = tl.load(_drafter_row(drafter_ptr, d, pos, stride_dn, stride_dm, PTR_TABLE, DRAFT_DTYPE) + offs,
+            q = tl.load(_drafter_row(drafter_ptr, offsets_ptr, d, pos, stride_dn, stride_dm, OFFSET_TABLE, TABLE_ALIGN) + offs,
                         mask=in_vocab, other=float("-inf"), eviction_policy="evict_last").to(tl.float32)
             at = ((d + 1) * m + pos) * n_chunks + chunk
             if MODE == 0:
@@ -178,7 +182,7 @@ def _acceptance_kernel(
         for d in range(n_drafters):
             at = ((d + 1) * m + pos) * n_chunks
             q_max, q_sum = _merged_stats(ws_f_ptr, at, F_SUM + at, cidx, n_chunks)
-            q = tl.load(_drafter_row(drafter_ptr, d, pos, stride_dn, stride_dm, PTR_TABLE, DRAFT_DTYPE) + offs,
+            q = tl.load(_drafter_row(drafter_ptr, offsets_ptr, d, pos, stride_dn, stride_dm, OFFSET_TABLE, TABLE_ALIGN) + offs,
                         mask=in_vocab, other=float("-inf"), eviction_policy="evict_first").to(tl.float32)
             q = tl.exp2(q * scale - q_max) * (1.0 / q_sum)
             tl.store(ws_f_ptr + F_MIN + (d * m + pos) * n_chunks + chunk, tl.sum(tl.minimum(p, q), axis=0))
@@ -254,25 +258,32 @@ def _semaphores(device: torch.device, m: int) -> torch.Tensor:
 
 
 def _drafter_source(drafter_logits, m, vocab):
-    """(tensor or pointer table, stride_n, stride_m, pointer table?, dtype) of the drafters, without a copy if possible."""
+    """(drafter 0, stride_n, stride_m, offset table or None, table alignment) of the drafters, without a copy if
+    possible: a stacked tensor or views of one buffer → base + stride; separate tensors → a table of element offsets
+    from drafter 0 (one small H2D copy)."""
     if isinstance(drafter_logits, torch.Tensor):
         if drafter_logits.dim() != 3 or tuple(drafter_logits.shape[1:]) != (m, vocab):
             raise ValueError(f"drafter logits must be [N, {m}, {vocab}], got {tuple(drafter_logits.shape)}")
         d = drafter_logits if drafter_logits.stride(-1) == 1 else drafter_logits.contiguous()
-        return d, d.stride(0), d.stride(1), False, d.dtype
+        return d, d.stride(0), d.stride(1), None, 1
     rows = list(drafter_logits)
     first = rows[0]
     if any(r.dtype != first.dtype or tuple(r.shape) != (m, vocab) or r.stride() != first.stride() or r.stride(-1) != 1
            or r.device != first.device for r in rows):
         return _drafter_source(reference._stack_drafters(rows), m, vocab)  # mixed layouts: one copy
-    ptrs = [r.data_ptr() for r in rows]
-    gap = ptrs[1] - ptrs[0] if len(rows) > 1 else 0
-    if gap % first.element_size() == 0 and all(p - ptrs[0] == i * gap for i, p in enumerate(ptrs)):
-        return first, gap // first.element_size(), first.stride(0), False, first.dtype  # one buffer: base + stride
-    table = torch.tensor(ptrs, dtype=torch.int64)
+    size = first.element_size()
+    starts = [r.data_ptr() - first.data_ptr() for r in rows]
+    if any(s % size for s in starts):
+        return _drafter_source(reference._stack_drafters(rows), m, vocab)
+    starts = [s // size for s in starts]
+    gap = starts[1] if len(rows) > 1 else 0
+    if all(s == i * gap for i, s in enumerate(starts)):
+        return first, gap, first.stride(0), None, 1  # views of one buffer, evenly spaced
+    table = torch.tensor(starts, dtype=torch.int64)
     if first.device.type == "cuda":
         table = table.pin_memory().to(first.device, non_blocking=True)
-    return table, 0, first.stride(0), True, first.dtype
+    vec = 16 // size
+    return first, 0, first.stride(0), table, vec if all(s % vec == 0 for s in starts) else 1
 
 
 def _launch(target_logits, drafter_logits, hist, col0, temperature, mode, top_k, top_p, top_l, block_v, schedule,
@@ -296,9 +307,9 @@ def _launch(target_logits, drafter_logits, hist, col0, temperature, mode, top_k,
             temperature = 1.0
     if target_logits.stride(-1) != 1:
         target_logits = target_logits.contiguous()
-    drafters, stride_dn, stride_dm, ptr_table, draft_dtype = _drafter_source(drafter_logits, m, vocab)
-    if target_logits.dtype not in _TL_DTYPES or draft_dtype not in _TL_DTYPES:
-        raise TypeError(f"logits must be fp32, fp16 or bf16, got {target_logits.dtype} / {draft_dtype}")
+    drafters, stride_dn, stride_dm, offsets, table_align = _drafter_source(drafter_logits, m, vocab)
+    if target_logits.dtype not in _DTYPES or drafters.dtype not in _DTYPES:
+        raise TypeError(f"logits must be fp32, fp16 or bf16, got {target_logits.dtype} / {drafters.dtype}")
     device = target_logits.device
     if block_v is None:
         per_tile = triton.cdiv(m * vocab, 4 * _sm_count(device))
@@ -317,12 +328,12 @@ def _launch(target_logits, drafter_logits, hist, col0, temperature, mode, top_k,
     else:
         learner_args, learner_const, n_rounds, draft_len = learner
         learner_const = dict(learner_const, FUSED=True)
-    args = (target_logits, drafters, hist, ws_f, ws_i, sem, m, n_drafters, vocab, n_chunks, col0,
+    args = (target_logits, drafters, ws_i if offsets is None else offsets, hist, ws_f, ws_i, sem, m, n_drafters, vocab, n_chunks, col0,
             target_logits.stride(0), stride_dn, stride_dm, hist.stride(0), hist.stride(1),
             math.log2(math.e) / temperature if mode in ("tv", "topl") else 1.0, n_rounds, draft_len, *learner_args)
     const = dict(MODE=MODE_IDS[mode], TOP_L=max(top, 1), BLOCK_V=block_v, BLOCK_C=triton.next_power_of_2(n_chunks),
-                 BLOCK_CL=triton.next_power_of_2(n_chunks * top) if top else 1, PTR_TABLE=ptr_table,
-                 DRAFT_DTYPE=_TL_DTYPES[draft_dtype], num_warps=8 if block_v >= 4096 else 4 if block_v >= 1024 else 2,
+                 BLOCK_CL=triton.next_power_of_2(n_chunks * top) if top else 1, OFFSET_TABLE=offsets is not None,
+                 TABLE_ALIGN=table_align, num_warps=8 if block_v >= 4096 else 4 if block_v >= 1024 else 2,
                  **learner_const)
     tiles = m * n_chunks
     if mode != "tv":
