@@ -71,11 +71,11 @@ def _top_l_mask(q_logits: torch.Tensor, top_l: int) -> torch.Tensor:
     pinned down the way ``torch.argmax`` pins the maximum: all values above the L-th largest, then the first indices
     among those equal to it.
     """
-    kth = torch.topk(q_logits, top_l, dim=-1).values[..., -1:]
-    above = q_logits > kth
+    top_values = torch.topk(q_logits, top_l, dim=-1).values
+    kth = top_values[..., -1:]
+    room = top_l - (top_values > kth).sum(dim=-1, keepdim=True)  # every value above the L-th is among the top L
     at_kth = q_logits == kth
-    room = top_l - above.sum(dim=-1, keepdim=True)
-    return above | (at_kth & (torch.cumsum(at_kth, dim=-1, dtype=torch.int32) <= room))
+    return (q_logits > kth) | (at_kth & (torch.cumsum(at_kth, dim=-1, dtype=torch.int32) <= room))
 
 
 def acceptance_probs(
