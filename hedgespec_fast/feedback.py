@@ -57,7 +57,7 @@ class Evaluator:
             else:
                 q = self.warp(ids, stacked, start)
                 g = kernels.acceptance_probs(target_warped, q, temperature=1.0, mode=self.mode, backend=self.backend)
-            gamma[model_rows] = g
+            gamma[model_rows] = g.nan_to_num(nan=0.0)  # a drafter with NaN logits is never accepted
         if token_rows:
             tokens = torch.stack([beliefs[i].tokens for i in token_rows])  # [n, m], -1 = no proposal
             gamma[token_rows] = onehot_acceptance(target_warped, tokens, self.mode)

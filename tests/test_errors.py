@@ -1,0 +1,107 @@
+"""Bad input gets a clear error that names the problem, never a crash deep inside torch or a silent wrong answer."""
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny import noisy_copy, tiny_model
+
+import hedgespec_fast as hs
+
+PROMPT = torch.tensor([[3, 4, 5, 6]])
+
+
+@pytest.fixture(scope="module")
+def target():
+    return tiny_model("llama")
+
+
+def gen(target, drafters, prompt=PROMPT, **kw):
+    return hs.generate(target, prompt, drafters=drafters, max_new_tokens=kw.pop("max_new_tokens", 8),
+                       eos_token_id=None, **kw)
+
+
+def test_vocabulary_mismatch(target):
+    with pytest.raises(ValueError, match="vocabulary of 98 tokens but the target has 97"):
+        gen(target, [tiny_model("llama", vocab=98)])
+
+
+def test_empty_pool(target):
+    with pytest.raises(ValueError, match="drafter pool is empty"):
+        gen(target, [])
+
+
+def test_drafter_on_another_device(target):
+    with pytest.raises(ValueError, match="is on meta but the target is on cpu"):
+        gen(target, [noisy_copy(target, 0.1).to("meta")])
+
+
+def test_drafter_with_another_dtype(target):
+    with pytest.raises(ValueError, match=r"dtype torch.float64 but the target has torch.float32"):
+        gen(target, [noisy_copy(target, 0.1).double()])
+
+
+def test_batch_larger_than_one(target):
+    with pytest.raises(NotImplementedError, match="batch size 1"):
+        gen(target, [hs.NGramDrafter()], prompt=PROMPT.repeat(2, 1))
+
+
+def test_prompt_longer_than_drafter_context(target):
+    short = tiny_model("llama", max_positions=16)
+    with pytest.raises(ValueError, match="supports 16 positions but this generation needs 28"):
+        gen(target, [short], prompt=torch.arange(2, 22).view(1, -1), max_new_tokens=8)
+
+
+def test_unknown_policy(target):
+    with pytest.raises(ValueError, match="unknown policy 'hedgespek'"):
+        gen(target, [hs.NGramDrafter()], policy="hedgespek")
+
+
+def test_fixed_index_out_of_range(target):
+    with pytest.raises(ValueError, match="fixed:5 names no drafter"):
+        gen(target, [hs.NGramDrafter()], policy="fixed:5")
+
+
+def test_bad_spec_options(target):
+    with pytest.raises(ValueError, match="draft_len must be an int >= 0"):
+        gen(target, [hs.NGramDrafter()], draft_len=-1)
+    with pytest.raises(TypeError, match="unknown speculative option"):
+        hs.SpecConfig.from_kwargs(draftlen=3)
+
+
+def test_nan_target_logits(target):
+    broken = noisy_copy(target, 0.0)
+    with torch.no_grad():
+        broken.lm_head.weight[5].fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="target produced NaN logits"):
+        gen(broken, [noisy_copy(target, 0.1)])
+    with pytest.raises(FloatingPointError, match="target produced NaN logits"):
+        gen(broken, [noisy_copy(target, 0.1)], do_sample=True, seed=0)
+
+
+def test_nan_drafter_logits_when_sampling(target):
+    broken = noisy_copy(target, 0.1)
+    with torch.no_grad():
+        broken.lm_head.weight.fill_(float("nan"))
+    with pytest.raises(ValueError, match="produced an invalid distribution"):
+        gen(target, [broken], do_sample=True, seed=0)
+
+
+def test_nan_drafter_is_never_accepted_when_greedy(target):
+    """Greedy verification rejects whatever a broken drafter proposes: the output stays the target's."""
+    broken = noisy_copy(target, 0.1)
+    with torch.no_grad():
+        broken.lm_head.weight.fill_(float("nan"))
+    out = gen(target, [broken, hs.NGramDrafter()], max_new_tokens=12)
+    assert torch.equal(out.sequences, target.generate(PROMPT, do_sample=False, max_new_tokens=12, eos_token_id=None))
+    assert all(0.0 <= g <= 1.0 for r in out.stats.records if r.gamma for g in r.gamma[0])
+
+
+def test_padded_prompt_via_custom_generate(target):
+    with pytest.raises(NotImplementedError, match="padded prompts"):
+        target.generate(PROMPT, attention_mask=torch.tensor([[0, 1, 1, 1]]), custom_generate=hs.custom_generate,
+                        drafters=[hs.NGramDrafter()], max_new_tokens=4)
+
+
+def test_custom_generate_without_drafters(target):
+    with pytest.raises(ValueError, match="needs drafters"):
+        target.generate(PROMPT, custom_generate=hs.custom_generate, max_new_tokens=4)

@@ -1,0 +1,128 @@
+"""Full-information feedback is aligned: every drafter's beliefs and γ equal a from-scratch recomputation on the true
+prefix (ALGORITHMS.md §2: the "pending logits" alignment is easy to get wrong)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny import drafter_zoo, noisy_copy, tiny_model
+
+import hedgespec_fast as hs
+from hedgespec_fast.drafters import HFDrafter, NGramDrafter
+from hedgespec_fast.drafters.base import DraftContext
+from hedgespec_fast.feedback import Evaluator, onehot_acceptance
+from hedgespec_fast.logits import LogitsWarp
+
+
+def full_logits(model, seq):
+    with torch.no_grad():
+        return model(seq.view(1, -1)).logits[0]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_hf_drafter_beliefs_equal_a_fresh_forward(arch):
+    """Random rounds of propose / commit (with and without evaluation) never desynchronise the drafter."""
+    target = tiny_model(arch)
+    drafter = HFDrafter(noisy_copy(target, 0.3, 1))
+    rng = torch.Generator().manual_seed(0)
+    seq = torch.tensor([3, 9, 27, 81, 50])
+    drafter.prefill(seq.view(1, -1))
+    ids = torch.zeros((1, 200), dtype=torch.long)
+    for round_index in range(14):
+        chosen = round_index % 3 != 2  # some rounds another drafter drafts
+        k = int(torch.randint(0, 5, (1,), generator=rng))
+        n_accepted = 0
+        if chosen:
+            ids[0, : seq.numel()] = seq
+            proposal = drafter.propose(k, DraftContext(ids, seq.numel(), LogitsWarp(), False, None))
+            n_accepted = int(torch.randint(0, len(proposal) + 1, (1,), generator=rng))
+            emitted = torch.cat([proposal.tokens[:n_accepted], torch.randint(2, 97, (1,), generator=rng)])
+        else:
+            emitted = torch.randint(2, 97, (int(torch.randint(1, 5, (1,), generator=rng)),), generator=rng)
+        want = round_index % 4 != 1  # some rounds are not evaluated: the drafter catches up later
+        beliefs = drafter.commit(emitted, emitted.tolist(), n_accepted, want)
+        expected = full_logits(drafter.model, torch.cat([seq, emitted]))[seq.numel() - 1 : seq.numel() - 1 + emitted.numel()]
+        seq = torch.cat([seq, emitted])
+        if want:
+            torch.testing.assert_close(beliefs.logits, expected, atol=1e-4, rtol=1e-4)
+        else:
+            assert beliefs is None
+
+
+def test_ngram_lookup_and_beliefs():
+    drafter = NGramDrafter(ngram_sizes=(2, 1))
+    drafter.prefill(torch.tensor([[5, 6, 7, 8, 5, 6]]))
+    ids = torch.zeros((1, 30), dtype=torch.long)
+    ids[0, :6] = torch.tensor([5, 6, 7, 8, 5, 6])
+    proposal = drafter.propose(4, DraftContext(ids, 6, LogitsWarp(), False, None))
+    assert proposal.tokens.tolist() == [7, 8, 5, 6]  # "5 6" was followed by 7, then the lookup continues
+    assert proposal.probs is None  # deterministic: one-hot q
+    beliefs = drafter.commit(torch.tensor([7, 9]), [7, 9], 1, True)
+    assert beliefs.tokens.tolist() == [7, 8]  # after "...5 6" → 7; after "...6 7" → 8
+    lonely = NGramDrafter(ngram_sizes=(3,))
+    lonely.prefill(torch.tensor([[1, 2, 3, 4]]))
+    assert len(lonely.propose(5, DraftContext(ids, 4, LogitsWarp(), False, None))) == 0  # nothing matches
+    assert lonely.commit(torch.tensor([4]), [4], 0, True).tokens.tolist() == [-1]
+
+
+def test_ngram_beliefs_equal_its_proposals():
+    """The counterfactual proposal at every position is what the drafter would really have drafted there."""
+    seq = [4, 5, 6, 4, 5, 7, 4, 5, 6, 9, 4, 5]
+    drafter = NGramDrafter()
+    drafter.prefill(torch.tensor([seq[:3]]))
+    beliefs = drafter.commit(torch.tensor(seq[3:]), seq[3:], 0, True).tokens.tolist()
+    for pos in range(3, len(seq)):
+        fresh = NGramDrafter()
+        fresh.prefill(torch.tensor([seq[:pos]]))
+        ids = torch.zeros((1, 40), dtype=torch.long)
+        ids[0, :pos] = torch.tensor(seq[:pos])
+        proposal = fresh.propose(1, DraftContext(ids, pos, LogitsWarp(), False, None)).tokens.tolist()
+        assert beliefs[pos - 3] == (proposal[0] if proposal else -1)
+
+
+def test_onehot_acceptance():
+    p = torch.log(torch.tensor([[0.1, 0.6, 0.3], [0.5, 0.2, 0.3]]))
+    tokens = torch.tensor([[1, -1], [2, 0]])
+    torch.testing.assert_close(onehot_acceptance(p, tokens, "tv"), torch.tensor([[0.6, 0.0], [0.3, 0.5]]))
+    torch.testing.assert_close(onehot_acceptance(p, tokens, "greedy"), torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+
+
+@pytest.mark.parametrize("do_sample", [False, True], ids=["greedy", "sampling"])
+def test_recorded_gamma_equals_recomputation(do_sample):
+    """γ in the per-round records, for every drafter and position, equals α(p, q_i) computed from scratch."""
+    target = tiny_model("qwen2", seed=2)
+    models = drafter_zoo(target, seed=2)
+    temperature = 0.7
+    prompt = torch.tensor([[11, 12, 13, 11, 12]])
+    kw = dict(do_sample=True, temperature=temperature, seed=1) if do_sample else {}
+    out = hs.generate(target, prompt, drafters=models + [NGramDrafter()], max_new_tokens=30, draft_len=3,
+                      policy="hedgespec", eos_token_id=None, **kw)
+    seq = out.sequences[0]
+    target_logits = full_logits(target, seq)
+    drafter_logits = [full_logits(m, seq) for m in models]
+    pos = prompt.shape[1]
+    for record in out.stats.records:
+        rows = slice(pos - 1, pos - 1 + record.emitted)
+        t = target_logits[rows] / temperature
+        for i, q_logits in enumerate(drafter_logits):
+            q = q_logits[rows] / temperature
+            if do_sample:
+                expected = torch.minimum(t.softmax(-1), q.softmax(-1)).sum(-1)
+            else:
+                expected = (q.argmax(-1) == t.argmax(-1)).float()
+            torch.testing.assert_close(torch.tensor(record.gamma[i]), expected, atol=1e-4, rtol=1e-4)
+        pos += record.emitted
+
+
+def test_evaluator_warps_drafters_like_the_target():
+    """With top-k the drafters' rows go through the same pre-pass: γ uses the warped distributions on both sides."""
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper
+
+    warp = LogitsWarp([TemperatureLogitsWarper(0.8), TopKLogitsWarper(3)])
+    gen = torch.Generator().manual_seed(0)
+    p_raw, q_raw = torch.randn(4, 10, generator=gen), torch.randn(4, 10, generator=gen)
+    p = warp(torch.zeros((1, 20), dtype=torch.long), p_raw, 5)
+    q = warp(torch.zeros((1, 20), dtype=torch.long), q_raw, 5)
+    gamma = Evaluator(warp, do_sample=True, backend="torch").gamma(p, p_raw, [hs.drafters.Beliefs(logits=q_raw)],
+                                                                  torch.zeros((1, 20), dtype=torch.long), 5)
+    expected = torch.minimum(p.softmax(-1), q.softmax(-1)).sum(-1)
+    torch.testing.assert_close(gamma[0], expected)

@@ -1,0 +1,130 @@
+"""Sampling losslessness: speculative sampling's output follows the target's own (warped) distribution.
+
+Each check is a χ² goodness-of-fit test against the *exact* target distribution, and each comes with a negative
+control: the same harness, fed by a deliberately broken acceptance rule, must reject. A test that cannot fail
+proves nothing.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import chisquare
+from tiny import noisy_copy, tiny_model, truncated_copy
+from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+
+import hedgespec_fast as hs
+import hedgespec_fast.decoder as decoder_module
+from hedgespec_fast.verify import verify_sampling
+
+P_ACCEPT = 1e-3  # a correct sampler fails this once in a thousand runs (seeds are fixed, so it is deterministic)
+P_REJECT = 1e-6
+
+
+def chi2_pvalue(counts: np.ndarray, probs: np.ndarray) -> float:
+    """χ² p-value, pooling cells whose expected count is below 5 into one."""
+    expected = probs * counts.sum()
+    small = expected < 5
+    obs = np.append(counts[~small], counts[small].sum())
+    exp = np.append(expected[~small], expected[small].sum())
+    keep = exp > 0
+    return float(chisquare(obs[keep], exp[keep] * obs[keep].sum() / exp[keep].sum()).pvalue)
+
+
+def _broken_residual(draft, draft_probs, target_warped, generator):
+    """Wrong rule: on rejection resample from p itself instead of norm(max(0, p − q))."""
+    k = draft.shape[0]
+    p = torch.softmax(target_warped, dim=-1)
+    rows = torch.arange(k)
+    q = torch.ones(k) if draft_probs is None else draft_probs[rows, draft]
+    accepted = torch.rand(k, generator=generator) * q < p[rows, draft]
+    n = accepted.long().cumprod(0).sum()
+    correction = torch.multinomial(p, 1, generator=generator).view(-1)
+    emitted = torch.where(torch.arange(k + 1) == n, correction, torch.cat([draft, draft.new_zeros(1)]))
+    return torch.cat([n.view(1), torch.zeros(1, dtype=torch.long), emitted])
+
+
+# -- the rule alone, on explicit distributions --------------------------------------------------------------------------
+def first_token_counts(verify, p_logits, q, trials, deterministic=False, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    vocab = p_logits.shape[-1]
+    counts = np.zeros(vocab, dtype=np.int64)
+    for _ in range(trials):
+        draft = torch.multinomial(q, 1, generator=gen).view(-1)
+        packed = verify(draft, None if deterministic else q, p_logits, gen)
+        counts[packed[2].item()] += 1
+    return counts
+
+
+@pytest.mark.parametrize("deterministic", [False, True], ids=["sampled-draft", "one-hot-draft"])
+def test_rule_reproduces_target_first_token(deterministic):
+    gen = torch.Generator().manual_seed(1)
+    vocab, k = 6, 3
+    p_logits = torch.randn(k + 1, vocab, generator=gen) * 1.5
+    q = torch.softmax(torch.randn(k, vocab, generator=gen) * 1.5, dim=-1)
+    if deterministic:  # n-gram style: the draft is one token with certainty
+        q = torch.nn.functional.one_hot(q.argmax(-1), vocab).float()
+    target = torch.softmax(p_logits[0], -1).numpy()
+    good = first_token_counts(verify_sampling, p_logits, q, 6000, deterministic)
+    assert chi2_pvalue(good, target) > P_ACCEPT
+    bad = first_token_counts(_broken_residual, p_logits, q, 6000, deterministic)
+    assert chi2_pvalue(bad, target) < P_REJECT, "the harness cannot tell a broken rule from the right one"
+
+
+def test_rule_respects_top_k_support():
+    """Tokens outside the target's warped support are never emitted, whatever the drafter proposes."""
+    gen = torch.Generator().manual_seed(2)
+    p_logits = torch.randn(3, 9, generator=gen)
+    p_logits[:, :4] = float("-inf")  # what top-k leaves of the target
+    q = torch.softmax(torch.randn(2, 9, generator=gen), -1)  # the drafter puts mass everywhere
+    counts = first_token_counts(verify_sampling, p_logits, q, 2000)
+    assert counts[:4].sum() == 0
+
+
+# -- end to end: hs.generate against the exact distribution of the target's first two tokens ---------------------------
+VOCAB, TEMPERATURE, TOP_P = 8, 0.9, 0.95
+PROMPT = torch.tensor([[2, 3, 4, 2, 3]])
+
+
+@pytest.fixture(scope="module")
+def tiny_vocab_setup():
+    target = tiny_model("llama", vocab=VOCAB, init_std=0.3)
+    drafters = [noisy_copy(target, 1.0, 1), truncated_copy(target, 1), hs.NGramDrafter()]
+    return target, drafters
+
+
+def exact_first_two(target) -> np.ndarray:
+    """P(x1, x2 | prompt) under the same warping generate() applies (temperature, then top-p)."""
+    warpers = [TemperatureLogitsWarper(TEMPERATURE), TopPLogitsWarper(TOP_P)]
+
+    def dist(ids):
+        with torch.no_grad():
+            scores = target(ids).logits[:, -1].float()
+        for w in warpers:
+            scores = w(ids, scores)
+        return torch.softmax(scores, -1)[0]
+
+    first = dist(PROMPT)
+    joint = torch.stack([first[a] * dist(torch.cat([PROMPT, torch.tensor([[a]])], 1)) for a in range(VOCAB)])
+    return joint.reshape(-1).double().numpy()
+
+
+def sample_first_two(target, drafters, draws, policy):
+    counts = np.zeros(VOCAB * VOCAB, dtype=np.int64)
+    for seed in range(draws):
+        out = hs.generate(target, PROMPT, drafters=drafters, max_new_tokens=3, draft_len=2, do_sample=True,
+                          temperature=TEMPERATURE, top_p=TOP_P, seed=seed, policy=policy, eos_token_id=None)
+        a, b = out.sequences[0, PROMPT.shape[1]: PROMPT.shape[1] + 2].tolist()
+        counts[a * VOCAB + b] += 1
+    return counts
+
+
+@pytest.mark.slow
+def test_generate_samples_the_target_distribution(tiny_vocab_setup, monkeypatch):
+    target, drafters = tiny_vocab_setup
+    exact = exact_first_two(target)
+    counts = sample_first_two(target, drafters, 1500, policy="random")  # every drafter kind takes part
+    assert chi2_pvalue(counts, exact) > P_ACCEPT
+    monkeypatch.setattr(decoder_module, "verify_sampling", _broken_residual)
+    broken = sample_first_two(target, drafters, 800, policy="random")
+    assert chi2_pvalue(broken, exact) < P_REJECT, "a broken rule went unnoticed end to end"
