@@ -41,6 +41,7 @@ selection step: 1 (``acceptance_and_update``) or 2 (``acceptance_probs`` + ``hed
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 
@@ -336,13 +337,14 @@ def _launch(target_logits, drafter_logits, hist, col0, temperature, mode, top_k,
                  TABLE_ALIGN=table_align, num_warps=8 if block_v >= 4096 else 4 if block_v >= 1024 else 2,
                  **learner_const)
     tiles = m * n_chunks
-    if mode != "tv":
-        _acceptance_kernel[(tiles,)](*args, SCHEDULE=1, **const)
-    elif schedule == "fused":
-        _acceptance_kernel[(2 * tiles,)](*args, SCHEDULE=0, **const)
-    else:
-        _acceptance_kernel[(tiles,)](*args, SCHEDULE=1, **dict(const, FUSED=False))
-        _acceptance_kernel[(tiles,)](*args, SCHEDULE=2, **const)
+    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():  # launch where the data is
+        if mode != "tv":
+            _acceptance_kernel[(tiles,)](*args, SCHEDULE=1, **const)
+        elif schedule == "fused":
+            _acceptance_kernel[(2 * tiles,)](*args, SCHEDULE=0, **const)
+        else:
+            _acceptance_kernel[(tiles,)](*args, SCHEDULE=1, **dict(const, FUSED=False))
+            _acceptance_kernel[(tiles,)](*args, SCHEDULE=2, **const)
 
 
 def _gamma_out(out, n_drafters, m, device):

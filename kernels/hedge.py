@@ -16,6 +16,7 @@ fly from a γ window ``[N, S]`` (expected-length or acceptance loss, token or ch
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -202,9 +203,11 @@ def _launch(losses, gamma, n_rounds, draft_len, loss_kind, chunk, state, **learn
     args, constexprs, choice = learner_arguments(*state, **learner)
     rows = losses if losses is not None else args[3]
     window = gamma if gamma is not None else args[3].view(-1, 1)
-    _hedge_kernel[(1,)](rows, rows.stride(0) if rows.dim() == 2 else 0, rows.stride(-1), window, window.stride(0),
-                        window.stride(1), n_rounds, draft_len, *args, LOSS=loss_kind, CHUNK=chunk,
-                        num_warps=1 if constexprs["BLOCK_N"] <= 32 else 4, **constexprs)
+    device = choice.device
+    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():  # launch where the data is
+        _hedge_kernel[(1,)](rows, rows.stride(0) if rows.dim() == 2 else 0, rows.stride(-1), window,
+                            window.stride(0), window.stride(1), n_rounds, draft_len, *args, LOSS=loss_kind,
+                            CHUNK=chunk, num_warps=1 if constexprs["BLOCK_N"] <= 32 else 4, **constexprs)
     return choice
 
 
