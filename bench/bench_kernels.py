@@ -6,13 +6,26 @@
 The Triton kernels are not timed here: on a CPU they run in Triton's interpreter, whose timings mean nothing. Their
 GPU timings come from ``bench/gpu_kernels.py``. Every benchmark checks its result's shape so a broken path cannot
 post a time.
+
+Intra-op threads: ``HEDGESPEC_BENCH_THREADS`` (default 1). On a small shared machine two threads fighting over two
+busy cores made the same call up to 20× slower from one round to the next; one thread gives stable numbers.
 """
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
 
 from hedgespec_fast.kernels import reference
+
+THREADS = int(os.environ.get("HEDGESPEC_BENCH_THREADS", "1"))
+torch.set_num_threads(THREADS)
+
+
+@pytest.fixture(autouse=True)
+def _record_threads(benchmark):
+    benchmark.extra_info["torch_threads"] = torch.get_num_threads()
 
 ACCEPTANCE_SHAPES = [(4, 4, 32000), (8, 8, 32000), (3, 1, 128256)]
 
