@@ -7,6 +7,7 @@ logits processors (temperature, top-k, top-p, min-new-tokens, …) and the stopp
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -59,8 +60,13 @@ def _validate(model, input_ids, pool: DrafterPool, max_length: int) -> None:
 
 
 def speculative_decode(model, input_ids, logits_processor, stopping_criteria, generation_config, drafters,
-                       config: SpecConfig, streamer=None, nvtx: bool = False) -> SpeculativeOutput:
-    """The speculative loop on what ``generate()`` prepared. Resolves the oracle by running every fixed drafter."""
+                       config: SpecConfig, streamer=None, nvtx: bool | None = None) -> SpeculativeOutput:
+    """The speculative loop on what ``generate()`` prepared. Resolves the oracle by running every fixed drafter.
+
+    ``nvtx`` (default: the environment variable ``HEDGESPEC_NVTX=1``) wraps each phase in an NVTX range for Nsight.
+    """
+    if nvtx is None:
+        nvtx = os.environ.get("HEDGESPEC_NVTX", "0") == "1"
     pool = DrafterPool(drafters)
     max_length = int(generation_config.max_length)
     _validate(model, input_ids, pool, max_length)

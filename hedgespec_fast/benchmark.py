@@ -1,0 +1,402 @@
+"""End-to-end benchmark: workloads of prompts, every policy, and the numbers a reader needs to judge selection.
+
+Workloads (lists of ``(domain, text)``): ``single:<domain>``, ``mixed`` (all domains, shuffled), ``shift`` (domain
+blocks, the distribution moves), ``spec_bench`` (generic chat prompts: expect low acceptance; it shows robustness).
+Metrics per policy: MAT (tokens per target call), tokens/s, rounds, drafter counts, share of rounds on the prompt's
+own expert, and regret against the per-prompt oracle (how many tokens behind the best fixed drafter in hindsight the
+policy is after the same number of target calls).
+
+Results are written per (workload, policy) unit to a JSONL file as soon as the unit finishes, so a long run that is
+stopped resumes where it was (``resume=True``).
+"""
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .config import SpecConfig
+from .drafters import NGramDrafter
+from .hf import generate
+from .learners import make_policy
+
+LEARNING_POLICIES = ("hedgespec", "hedge", "adanormalhedge", "ucbspec", "exp3spec", "metasd", "tapout", "random")
+BASELINE = "target"  # plain target.generate(), no speculation
+
+
+@dataclass
+class Prompt:
+    domain: str
+    text: str
+
+
+def spec_bench_prompts(path: str | Path, n: int | None = None, seed: int = 0) -> list[Prompt]:
+    """First turns of Spec-Bench questions (category as the domain)."""
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    if n is not None:
+        rows = random.Random(seed).sample(rows, min(n, len(rows)))
+    return [Prompt(f"spec_bench/{r['category']}", r["turns"][0]) for r in rows]
+
+
+def workload(kind: str, domain_prompts: dict[str, list[str]], seed: int = 0, spec_bench: str | Path | None = None,
+             n_spec_bench: int = 16) -> list[Prompt]:
+    """Build a workload from held-out prompts per domain."""
+    if kind.startswith("single:"):
+        domain = kind.split(":", 1)[1]
+        return [Prompt(domain, t) for t in domain_prompts[domain]]
+    if kind == "mixed":
+        items = [Prompt(d, t) for d, texts in domain_prompts.items() for t in texts]
+        random.Random(seed).shuffle(items)
+        return items
+    if kind == "shift":
+        return [Prompt(d, t) for d, texts in domain_prompts.items() for t in texts]
+    if kind == "spec_bench":
+        if spec_bench is None:
+            raise ValueError("the spec_bench workload needs the path of Spec-Bench's question.jsonl")
+        return spec_bench_prompts(spec_bench, n_spec_bench, seed)
+    raise ValueError(f"unknown workload {kind!r}: single:<domain>, mixed, shift or spec_bench")
+
+
+def default_policies(n_drafters: int, include_baseline: bool = False) -> list[str]:
+    names = list(LEARNING_POLICIES) + [f"fixed:{i}" for i in range(n_drafters)] + ["oracle"]
+    return names + ([BASELINE] if include_baseline else [])
+
+
+def _encode(tokenizer, text: str, device) -> torch.Tensor:
+    return tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids.to(device)
+
+
+def run_policy(policy: str, target, pool: list, tokenizer, prompts: list[Prompt], *, max_new_tokens: int,
+               draft_len: int, do_sample: bool, seed: int, warm: bool, spec: SpecConfig | None = None,
+               progress=None) -> list[dict]:
+    """Run one policy over a workload; one summary dict per prompt."""
+    device = next(target.parameters()).device
+    shared = make_policy(policy, len(pool), spec or SpecConfig()) if warm and policy in LEARNING_POLICIES else None
+    rows = []
+    for index, prompt in enumerate(prompts):
+        ids = _encode(tokenizer, prompt.text, device)
+        sampling = dict(do_sample=True, temperature=1.0, seed=seed + index) if do_sample else dict(seed=seed + index)
+        if policy == BASELINE:
+            row = _baseline(target, ids, max_new_tokens, sampling)
+        else:
+            out = generate(target, ids, drafters=pool, max_new_tokens=max_new_tokens, policy=shared or policy,
+                           draft_len=draft_len, spec_config=spec, eos_token_id=None, **sampling)
+            s = out.stats
+            row = dict(new_tokens=s.new_tokens, rounds=s.rounds, wall_s=s.wall_s, drafter_counts=s.drafter_counts,
+                       chosen=[r.chosen for r in s.records], emitted=[r.emitted for r in s.records],
+                       host_syncs=s.host_syncs, oracle_choice=s.oracle_choice, final_weights=s.final_weights)
+        row.update(domain=prompt.domain, prompt_index=index)
+        rows.append(row)
+        if progress is not None:
+            progress.update(1)
+    return rows
+
+
+def _baseline(target, ids, max_new_tokens, sampling) -> dict:
+    seed = sampling.pop("seed", 0)
+    torch.manual_seed(seed)
+    start = time.perf_counter()
+    out = target.generate(ids, max_new_tokens=max_new_tokens, eos_token_id=None, pad_token_id=0, **sampling)
+    if ids.device.type == "cuda":
+        torch.cuda.synchronize()
+    new = out.shape[1] - ids.shape[1]
+    return dict(new_tokens=new, rounds=new, wall_s=time.perf_counter() - start, drafter_counts=[], chosen=[],
+                emitted=[1] * new, host_syncs=new)
+
+
+def run(target, drafters: dict, tokenizer, workloads: dict[str, list[Prompt]], policies: list[str], *,
+        max_new_tokens: int = 64, draft_len: int = 5, do_sample: bool = False, seed: int = 0, warm: bool = False,
+        ngram: bool = True, record: str | Path | None = None, resume: bool = True, spec: SpecConfig | None = None,
+        show_progress: bool = True) -> dict:
+    """Run every policy on every workload.
+
+    Returns
+    -------
+    dict workload → policy → list of per-prompt rows (see :func:`run_policy`), plus ``"_drafters"``: the pool's
+    names in policy-index order.
+    """
+    pool = list(drafters.values()) + ([NGramDrafter()] if ngram else [])
+    names = list(drafters) + (["ngram"] if ngram else [])
+    done: dict = {}
+    record = Path(record) if record else None
+    if record and resume and record.exists():
+        for line in record.read_text().splitlines():
+            unit = json.loads(line)
+            done.setdefault(unit["workload"], {})[unit["policy"]] = unit["rows"]
+    total = sum(len(p) for w, p in workloads.items() for pol in policies if pol not in done.get(w, {}))
+    bar = tqdm(total=total, desc="prompts × policies", disable=not show_progress)
+    results: dict = {"_drafters": names}
+    for wname, prompts in workloads.items():
+        results[wname] = {}
+        for policy in policies:
+            if policy in done.get(wname, {}):
+                results[wname][policy] = done[wname][policy]
+                continue
+            bar.set_postfix_str(f"{wname} / {policy}")
+            rows = run_policy(policy, target, pool, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                              draft_len=draft_len, do_sample=do_sample, seed=seed, warm=warm, spec=spec, progress=bar)
+            results[wname][policy] = rows
+            if record:
+                record.parent.mkdir(parents=True, exist_ok=True)
+                with record.open("a") as fh:
+                    fh.write(json.dumps({"workload": wname, "policy": policy, "rows": rows}) + "\n")
+    bar.close()
+    return results
+
+
+# -- aggregation ---------------------------------------------------------------------------------------------------------
+def _tokens_after_rounds(row: dict, rounds: int) -> int:
+    return sum(row["emitted"][:rounds])
+
+
+def regret_curve(rows: list[dict], oracle_rows: list[dict]) -> list[float]:
+    """Mean over prompts of (oracle tokens − policy tokens) after t target calls, t = 1, 2, …"""
+    horizon = max((len(r["emitted"]) for r in rows), default=0)
+    curve = []
+    for t in range(1, horizon + 1):
+        gaps = [_tokens_after_rounds(o, t) - _tokens_after_rounds(r, t) for r, o in zip(rows, oracle_rows)]
+        curve.append(sum(gaps) / len(gaps))
+    return curve
+
+
+def summarize(results: dict, expert_of: dict[str, int] | None = None) -> dict:
+    """Per workload and policy: MAT, tokens/s, rounds, drafter counts, right-expert share, regret vs the oracle."""
+    expert_of = expert_of or {}
+    out: dict = {"drafters": results["_drafters"], "workloads": {}}
+    for wname, per_policy in results.items():
+        if wname.startswith("_"):
+            continue
+        oracle = per_policy.get("oracle")
+        table = {}
+        for policy, rows in per_policy.items():
+            tokens = sum(r["new_tokens"] for r in rows)
+            rounds = sum(r["rounds"] for r in rows)
+            wall = sum(r["wall_s"] for r in rows)
+            counts = [sum(c) for c in zip(*[r["drafter_counts"] for r in rows])] if rows[0]["drafter_counts"] else []
+            on_expert = [(sum(1 for c in r["chosen"] if c == expert_of[r["domain"]]), len(r["chosen"]))
+                         for r in rows if r["domain"] in expert_of and r["chosen"]]
+            per_domain: dict = {}
+            for r in rows:
+                t, n = per_domain.get(r["domain"], (0, 0))
+                per_domain[r["domain"]] = (t + r["new_tokens"], n + r["rounds"])
+            entry = {
+                "mean_accepted": tokens / rounds if rounds else 0.0,
+                "tokens_per_s": tokens / wall if wall else 0.0,
+                "rounds": rounds,
+                "new_tokens": tokens,
+                "drafter_counts": counts,
+                "right_expert_share": (sum(a for a, _ in on_expert) / sum(b for _, b in on_expert)) if on_expert else None,
+                "per_domain_mat": {d: t / n for d, (t, n) in per_domain.items() if n},
+            }
+            if oracle is not None and policy != BASELINE:
+                entry["extra_rounds_vs_oracle"] = rounds - sum(r["rounds"] for r in oracle)
+                entry["mat_vs_oracle"] = entry["mean_accepted"] / (sum(r["new_tokens"] for r in oracle) /
+                                                                   max(sum(r["rounds"] for r in oracle), 1))
+            table[policy] = entry
+        out["workloads"][wname] = table
+    return out
+
+
+def format_table(summary: dict, workload_name: str) -> str:
+    """A readable table of one workload's summary."""
+    table = summary["workloads"][workload_name]
+    lines = [f"{'policy':<16}{'MAT':>7}{'vs oracle':>11}{'tok/s':>9}{'rounds':>8}{'on expert':>11}  drafter counts"]
+    order = sorted(table, key=lambda p: -table[p]["mean_accepted"])
+    for policy in order:
+        e = table[policy]
+        share = "" if e["right_expert_share"] is None else f"{100 * e['right_expert_share']:.0f}%"
+        ratio = f"{100 * e['mat_vs_oracle']:.1f}%" if "mat_vs_oracle" in e else ""
+        lines.append(f"{policy:<16}{e['mean_accepted']:>7.3f}{ratio:>11}{e['tokens_per_s']:>9.1f}{e['rounds']:>8}"
+                     f"{share:>11}  {e['drafter_counts']}")
+    return "\n".join(lines)
+
+
+def plot(results: dict, workload_name: str, path: str | Path, policies: list[str] | None = None) -> Path:
+    """Left: regret vs rounds (mean over prompts, against the per-prompt oracle). Right: hedgespec's drafter share
+    over the whole workload stream (rolling window), with the prompts' domains marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    per_policy = results[workload_name]
+    names = results["_drafters"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    oracle = per_policy.get("oracle")
+    if oracle is not None:
+        for policy in policies or [p for p in per_policy if p not in ("oracle", BASELINE)]:
+            if policy in per_policy:
+                left.plot(regret_curve(per_policy[policy], oracle), label=policy,
+                          linewidth=2.5 if policy == "hedgespec" else 1.2)
+    left.axhline(0, color="grey", linewidth=0.8)
+    left.set_xlabel("target calls (rounds) into the prompt")
+    left.set_ylabel("tokens behind the per-prompt oracle")
+    left.set_title(f"regret vs rounds — {workload_name}")
+    left.legend(fontsize=8, ncol=2)
+    if "hedgespec" in per_policy:
+        _share_over_stream(right, per_policy["hedgespec"], names)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _share_over_stream(ax, rows: list[dict], names: list[str], window: int = 20) -> None:
+    chosen = [c for r in rows for c in r["chosen"]]
+    if not chosen:
+        return
+    shares = []
+    for i in range(len(names)):
+        hits = [1.0 if c == i else 0.0 for c in chosen]
+        shares.append([sum(hits[max(0, t - window + 1): t + 1]) / len(hits[max(0, t - window + 1): t + 1])
+                       for t in range(len(hits))])
+    ax.stackplot(range(len(chosen)), shares, labels=names, alpha=0.85)
+    edge = 0
+    for r in rows:  # mark where each prompt starts, labelled by its domain
+        ax.axvline(edge, color="black", linewidth=0.4)
+        ax.text(edge, 1.01, r["domain"].split("/")[-1][:6], fontsize=6, rotation=60, va="bottom")
+        edge += len(r["chosen"])
+    ax.set_xlim(0, len(chosen))
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("round (whole workload, prompts in order)")
+    ax.set_ylabel(f"hedgespec drafter share (last {window} rounds)")
+    ax.legend(fontsize=7, loc="lower right")
+
+
+# -- the `hedgespec bench` command ---------------------------------------------------------------------------------------
+def pool_of_size(size: int, target, drafters: dict, seed: int = 0, noise: float = 0.15) -> dict:
+    """``size − 1`` model drafters (+ the n-gram drafter): the zoo's drafters first, then noisy copies of them.
+
+    Noisy copies (weights + N(0, (noise·std)²)) are plausible extra drafters of slightly lower quality, so large
+    pools have many near-duplicates, as real pools do.
+    """
+    import copy
+
+    base = list(drafters.items())
+    pool = dict(base[: size - 1])
+    gen = torch.Generator().manual_seed(seed)
+    k = 0
+    while len(pool) < size - 1:
+        name, model = base[k % len(base)]
+        clone = copy.deepcopy(model)
+        with torch.no_grad():
+            for p in clone.parameters():
+                if p.numel() > 1:
+                    p.add_(torch.randn(p.shape, generator=gen).to(p.device, p.dtype) * p.float().std().to(p.dtype) * noise)
+        pool[f"{name}~{k // len(base) + 1}"] = clone
+        k += 1
+    return pool
+
+
+def markdown_entry(summary: dict, title: str, meta: dict) -> str:
+    """A dated RESULTS.md section: one table per workload."""
+    lines = [f"### {title}", "", "- " + "; ".join(f"{k}: {v}" for k, v in meta.items()), ""]
+    for wname, table in summary["workloads"].items():
+        lines += [f"**{wname}** (drafters: {', '.join(summary['drafters'])})", "",
+                  "| policy | MAT | MAT vs oracle | tok/s | rounds | on own expert | drafter counts |",
+                  "|---|---|---|---|---|---|---|"]
+        for policy, e in sorted(table.items(), key=lambda kv: -kv[1]["mean_accepted"]):
+            share = "" if e["right_expert_share"] is None else f"{100 * e['right_expert_share']:.0f}%"
+            ratio = f"{100 * e['mat_vs_oracle']:.1f}%" if "mat_vs_oracle" in e else ""
+            lines.append(f"| {policy} | {e['mean_accepted']:.3f} | {ratio} | {e['tokens_per_s']:.1f} | {e['rounds']} | "
+                         f"{share} | {e['drafter_counts']} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _default_spec_bench() -> Path | None:
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here / "bench" / "data" / "spec_bench" / "question.jsonl",
+                      here.parent / "shared" / "data" / "spec_bench" / "question.jsonl"):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def build_parser(parser=None):
+    import argparse
+
+    parser = parser or argparse.ArgumentParser(prog="hedgespec bench", description="end-to-end benchmark on the zoo")
+    parser.add_argument("--workloads", default="mixed,shift,single,spec_bench",
+                        help="comma list of mixed, shift, single (every single:<domain>), single:<domain>, spec_bench")
+    parser.add_argument("--policies", default=None, help="comma list (default: every policy, fixed:i, oracle, target)")
+    parser.add_argument("--pool-sizes", default=None, help="comma list of pool sizes to sweep on the mixed workload")
+    parser.add_argument("--per-domain", type=int, default=4)
+    parser.add_argument("--prompt-tokens", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--draft-len", type=int, default=5)
+    parser.add_argument("--n-spec-bench", type=int, default=16)
+    parser.add_argument("--spec-bench", type=Path, default=None)
+    parser.add_argument("--sample", action="store_true")
+    parser.add_argument("--warm", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=Path("bench/out/e2e"))
+    parser.add_argument("--no-resume", action="store_true")
+    parser.add_argument("--results-md", type=Path, default=None, help="append a dated entry to this RESULTS.md")
+    return parser
+
+
+def main(argv=None, args=None) -> dict:
+    import platform
+
+    from . import zoo
+
+    args = args or build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tokenizer, target, drafters = zoo.load(device=args.device)
+    domains = [d for d in zoo.manifest()["domains"] if d in drafters]
+    prompts = {d: zoo.heldout_prompts(d, n=args.per_domain, prompt_tokens=args.prompt_tokens, seed=args.seed)
+               for d in domains}
+    kinds = []
+    for kind in args.workloads.split(","):
+        kinds += [f"single:{d}" for d in domains] if kind == "single" else [kind]
+    spec_bench = args.spec_bench or _default_spec_bench()
+    workloads = {k: workload(k, prompts, args.seed, spec_bench, args.n_spec_bench) for k in kinds}
+    names = list(drafters) + ["ngram"]
+    policies = args.policies.split(",") if args.policies else default_policies(len(names), include_baseline=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    common = dict(max_new_tokens=args.max_new_tokens, draft_len=args.draft_len, do_sample=args.sample,
+                  seed=args.seed, warm=args.warm, resume=not args.no_resume)
+    results = run(target, drafters, tokenizer, workloads, policies, record=args.out / "record.jsonl", **common)
+    expert_of = {d: names.index(d) for d in domains}
+    summary = summarize(results, expert_of)
+    for wname in workloads:
+        print(f"\n== {wname} ==")
+        print(format_table(summary, wname))
+        plot(results, wname, args.out / f"{wname.replace(':', '_')}.png")
+    report = {"summary": summary, "config": {k: str(v) for k, v in vars(args).items()}}
+    if args.pool_sizes:
+        report["pool_sizes"] = {}
+        sweep = ["hedgespec", "ucbspec", "exp3spec", "metasd", "random", "oracle"]
+        for size in [int(s) for s in args.pool_sizes.split(",")]:
+            pool = pool_of_size(size, target, drafters, seed=args.seed)
+            pool_results = run(target, pool, tokenizer, {"mixed": workloads.get("mixed") or workload("mixed", prompts)},
+                               sweep, record=args.out / f"record_pool{size}.jsonl", **common)
+            pool_names = pool_results["_drafters"]
+            pool_summary = summarize(pool_results, {d: pool_names.index(d) for d in domains if d in pool_names})
+            report["pool_sizes"][size] = pool_summary["workloads"]["mixed"]
+            print(f"\n== pool of {size} ==")
+            print(format_table(pool_summary, "mixed"))
+    meta = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name() if args.device == "cuda"
+            else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)", "torch": torch.__version__,
+            "command": "hedgespec " + " ".join(argv if argv is not None else sys.argv[1:]), "greedy": not args.sample,
+            "new tokens": args.max_new_tokens, "K": args.draft_len}
+    (args.out / "summary.json").write_text(json.dumps(report, indent=2))
+    entry = markdown_entry(summary, f"End-to-end benchmark, {meta['date']}", meta)
+    (args.out / "results.md").write_text(entry)
+    if args.results_md:
+        with args.results_md.open("a") as fh:
+            fh.write("\n" + entry + "\n")
+    print(f"\nwrote {args.out}/summary.json, results.md and plots")
+    return report
