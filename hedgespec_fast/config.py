@@ -30,6 +30,8 @@ class SpecConfig:
     skip_eval_above : skip the evaluation while the learner's top weight is above this (1.0 = never skip).
     seed : seeds the sampling generator and the policy's own randomness; ``None`` uses torch's global RNG.
     backend : kernel backend for γ and the learner update (``"auto" | "triton" | "torch"``).
+    record_gamma : evaluate every drafter every round even when the policy does not learn from it (bandits, fixed),
+        so the records hold γ for analysis (costs the evaluation forwards).
     timings : ``"auto"`` (CUDA events on GPU, ``perf_counter`` on CPU), ``"sync"`` (synchronise at every phase
         boundary: exact per-phase wall time, extra host syncs) or ``"off"``.
     """
@@ -44,6 +46,7 @@ class SpecConfig:
     skip_eval_above: float = 1.0
     seed: int | None = None
     backend: str = "auto"
+    record_gamma: bool = False
     timings: str = "auto"
     policy_kwargs: dict = field(default_factory=dict)
 

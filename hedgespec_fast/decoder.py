@@ -101,7 +101,7 @@ class SpeculativeDecoder:
                 self.streamer.put(torch.tensor(emitted_list))
 
             marks.append(timer.mark("evaluate"))
-            evaluate = policy.full_information and self._should_evaluate(stats.rounds, stats)
+            evaluate = (policy.full_information or cfg.record_gamma) and self._should_evaluate(stats.rounds, stats)
             beliefs = pool.commit(emitted, emitted_list, n_accepted, chosen, evaluate)
             gamma = self.evaluator.gamma(p[:m], raw[:m], beliefs, ids, length) if evaluate else None
             if policy.full_information and not evaluate:
