@@ -80,7 +80,7 @@ def _generate(args) -> None:
     streamer = TextStreamer(tokenizer) if args.stream else None
     out = hs.generate(target, ids, drafters=pool, max_new_tokens=args.max_new_tokens, policy=args.policy,
                       draft_len=args.draft_len, do_sample=args.sample, temperature=args.temperature, top_p=args.top_p,
-                      seed=args.seed, streamer=streamer)
+                      seed=args.seed, streamer=streamer, **({"eos_token_id": None} if args.ignore_eos else {}))
     if not args.stream:
         print(tokenizer.decode(out.sequences[0]))
     names = list(drafters) + ["ngram"]
@@ -152,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-p", type=float, default=1.0)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--stream", action="store_true")
+    gen.add_argument("--ignore-eos", action="store_true", help="always generate --max-new-tokens tokens")
     gen.add_argument("--device", default="cpu")
     gen.add_argument("--dtype", default="float32")
     gen.add_argument("--threads", type=int, default=None)
