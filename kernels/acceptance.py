@@ -145,8 +145,9 @@ def _acceptance_kernel(
             tl.store(ws_f_ptr + F_ARGV + at, x_max)
             tl.store(ws_i_ptr + at, chunk * BLOCK_V + x_arg)
         for d in range(n_drafters):
-            q = tl.load(_drafter_row(drafter_ptr, offsets_ptr, d, pos, stride_dn, stride_dm, OFFSET_TABLE, TABLE_ALIGN) + offs,
-                        mask=in_vocab, other=float("-inf"), eviction_policy="evict_last").to(tl.float32)
+            q_row = _drafter_row(drafter_ptr, offsets_ptr, d, pos, stride_dn, stride_dm, OFFSET_TABLE, TABLE_ALIGN)
+            q = tl.load(q_row + offs, mask=in_vocab, other=float("-inf"), eviction_policy="evict_last")
+            q = q.to(tl.float32)
             at = ((d + 1) * m + pos) * n_chunks + chunk
             if MODE == 0:
                 z_max, z_sum = _chunk_stats(q * scale)
@@ -183,9 +184,9 @@ def _acceptance_kernel(
         for d in range(n_drafters):
             at = ((d + 1) * m + pos) * n_chunks
             q_max, q_sum = _merged_stats(ws_f_ptr, at, F_SUM + at, cidx, n_chunks)
-            q = tl.load(_drafter_row(drafter_ptr, offsets_ptr, d, pos, stride_dn, stride_dm, OFFSET_TABLE, TABLE_ALIGN) + offs,
-                        mask=in_vocab, other=float("-inf"), eviction_policy="evict_first").to(tl.float32)
-            q = tl.exp2(q * scale - q_max) * (1.0 / q_sum)
+            q_row = _drafter_row(drafter_ptr, offsets_ptr, d, pos, stride_dn, stride_dm, OFFSET_TABLE, TABLE_ALIGN)
+            q = tl.load(q_row + offs, mask=in_vocab, other=float("-inf"), eviction_policy="evict_first")
+            q = tl.exp2(q.to(tl.float32) * scale - q_max) * (1.0 / q_sum)
             tl.store(ws_f_ptr + F_MIN + (d * m + pos) * n_chunks + chunk, tl.sum(tl.minimum(p, q), axis=0))
         tl.debug_barrier()
         arrived = tl.atomic_add(sem_ptr + 3 + 2 * pos, 1)
@@ -329,8 +330,8 @@ def _launch(target_logits, drafter_logits, hist, col0, temperature, mode, top_k,
     else:
         learner_args, learner_const, n_rounds, draft_len = learner
         learner_const = dict(learner_const, FUSED=True)
-    args = (target_logits, drafters, ws_i if offsets is None else offsets, hist, ws_f, ws_i, sem, m, n_drafters, vocab, n_chunks, col0,
-            target_logits.stride(0), stride_dn, stride_dm, hist.stride(0), hist.stride(1),
+    args = (target_logits, drafters, ws_i if offsets is None else offsets, hist, ws_f, ws_i, sem, m, n_drafters,
+            vocab, n_chunks, col0, target_logits.stride(0), stride_dn, stride_dm, hist.stride(0), hist.stride(1),
             math.log2(math.e) / temperature if mode in ("tv", "topl") else 1.0, n_rounds, draft_len, *learner_args)
     const = dict(MODE=MODE_IDS[mode], TOP_L=max(top, 1), BLOCK_V=block_v, BLOCK_C=triton.next_power_of_2(n_chunks),
                  BLOCK_CL=triton.next_power_of_2(n_chunks * top) if top else 1, OFFSET_TABLE=offsets is not None,

@@ -269,7 +269,7 @@ def choose(weights: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor
 
 
 def gamma_losses(gamma: torch.Tensor, loss: str = "expected_length", draft_len: int = 1) -> torch.Tensor:
-    """Loss rows ``[T, N]`` that a γ window ``[N, S]`` releases: expected-length (T = S − K + 1) or 1 − γ (T = S)."""
+    """Loss rows ``[T, N]`` released by a γ window ``[N, S]``: expected length (T = S − K + 1) or 1 − γ (T = S)."""
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; expected one of {LOSSES}")
     if loss == "acceptance":

@@ -61,7 +61,7 @@ def assert_close(actual, expected, atol, rtol, what=""):
 
 
 def make_logits(n_drafters, m, vocab, dtype, seed=0, device=DEVICE):
-    """Target ``[m, V]`` and drafters ``[N, m, V]`` that drift from it with the drafter index (γ spread over (0, 1])."""
+    """Target ``[m, V]`` and drafters ``[N, m, V]`` drifting from it with the drafter index (γ spread over (0, 1])."""
     gen = torch.Generator().manual_seed(seed)
     target = torch.randn(m, vocab, generator=gen) * 2.0
     noise = torch.randn(n_drafters, m, vocab, generator=gen)
@@ -125,7 +125,8 @@ def normalhedge_scale64(regret):
 
 def oracle_hedge(losses, regret, abs_regret, cum_loss, weights, step, algo, eta=None, prior=None, u=None):
     """The learner rounds in float64 numpy. Returns (regret, abs_regret, cum_loss, weights, step, choice)."""
-    R, C, L, w = (np.asarray(x.detach().cpu(), dtype=np.float64).copy() for x in (regret, abs_regret, cum_loss, weights))
+    R, C, L, w = (np.asarray(x.detach().cpu(), dtype=np.float64).copy()
+                  for x in (regret, abs_regret, cum_loss, weights))
     t = int(step.item())
     n = len(w)
     pi = None if prior is None else np.asarray(prior.detach().cpu(), dtype=np.float64)
