@@ -56,6 +56,7 @@ MODE_IDS = {"tv": 0, "greedy": 1, "topl": 2, "topl_greedy": 3}
 SCHEDULES = ("fused", "two_launch")
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _BIG = tl.constexpr(2**31 - 1)  # "no index" sentinel, above every vocabulary index
+_LOG2E = math.log2(math.e)
 _SEMAPHORES: dict = {}
 
 
@@ -98,7 +99,7 @@ def _drafter_row(drafter_ptr, offsets_ptr, n, pos, stride_dn, stride_dm, OFFSET_
 
 @triton.jit(do_not_specialize=["m", "n_chunks", "col0", "stride_hn", "n_rounds"])
 def _acceptance_kernel(
-    target_ptr, drafter_ptr, offsets_ptr, hist_ptr, ws_f_ptr, ws_i_ptr, sem_ptr, m, n_drafters, vocab, n_chunks, col0,
+    target_ptr, drafter_ptr, offsets_ptr, hist_ptr, ws_ptr, sem_ptr, m, n_drafters, vocab, n_chunks, col0,
     stride_tm, stride_dn, stride_dm, stride_hn, stride_hs, scale, n_rounds, draft_len,
     regret_ptr, abs_regret_ptr, cum_loss_ptr, weights_ptr, step_ptr, prior_ptr, u_ptr, choice_ptr,
     n, inv_n, eta, hedge_rate_num, log_bracket,
@@ -107,9 +108,15 @@ def _acceptance_kernel(
     LOSS: tl.constexpr, CHUNK: tl.constexpr, ALGO: tl.constexpr, HAS_ETA: tl.constexpr, HAS_PRIOR: tl.constexpr,
     SAMPLE: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    # Workspace: stats slots (row r ∈ [0, N], 0 = target; position; chunk) for max | Σexp | argmax value, then the
-    # min partials (drafter, position, chunk), then the top-L candidates (drafter, position, chunk, l).
+    # Workspace (one int32 buffer): fp32 stats slots (row r ∈ [0, N], 0 = target; position; chunk) for max | Σexp |
+    # argmax value, then the min partials (drafter, position, chunk), then the top-L values (drafter, position, chunk,
+    # l); after them the int32 argmax indices (stats slots) and top-L indices.
     slots = (n_drafters + 1) * m * n_chunks
+    ws_f_ptr = ws_ptr.to(tl.pointer_type(tl.float32), bitcast=True)
+    if MODE >= 2:
+        ws_i_ptr = ws_ptr + 3 * slots + n_drafters * m * n_chunks * (1 + TOP_L)
+    else:
+        ws_i_ptr = ws_ptr + 3 * slots + n_drafters * m * n_chunks
     F_SUM = slots
     F_ARGV = 2 * slots
     F_MIN = 3 * slots
@@ -288,6 +295,31 @@ def _drafter_source(drafter_logits, m, vocab):
     return first, 0, first.stride(0), table, vec if all(s % vec == 0 for s in starts) else 1
 
 
+def _pow2(x: int) -> int:
+    return 1 << max(x - 1, 0).bit_length()  # plain ints: triton.cdiv is a @jit function, slow to call from Python
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(m, vocab, n_drafters, mode, top_l, block_v, sm_count):
+    """Per-shape launch constants, cached (the decode loop repeats a handful of shapes): chunking, workspace
+    layout and constexprs. ~4 tiles per SM, chunks of 512..4096 tokens (and no wider than the vocabulary)."""
+    if block_v is None:
+        per_tile = -(-m * vocab // (4 * sm_count))
+        block_v = min(max(_pow2(per_tile), 512), 4096, max(_pow2(vocab), 16))
+    n_chunks = -(-vocab // block_v)
+    top = top_l if mode in ("topl", "topl_greedy") else 0
+    slots = (n_drafters + 1) * m * n_chunks
+    ws_f = 3 * slots + n_drafters * m * n_chunks * (1 + top)  # fp32: stats | argmax values | min partials | top-L
+    ws_i = slots + n_drafters * m * n_chunks * top  # int32: argmax indices | top-L indices
+    const = dict(MODE=MODE_IDS[mode], TOP_L=max(top, 1), BLOCK_V=block_v, BLOCK_C=_pow2(n_chunks),
+                 BLOCK_CL=_pow2(n_chunks * top) if top else 1,
+                 num_warps=8 if block_v >= 4096 else 4 if block_v >= 1024 else 2)
+    return n_chunks, ws_f, ws_i, const
+
+
+_NO_LEARNER = dict(FUSED=False, LOSS=0, CHUNK=False, ALGO=0, HAS_ETA=False, HAS_PRIOR=False, SAMPLE=False, BLOCK_N=2)
+
+
 def _launch(target_logits, drafter_logits, hist, col0, temperature, mode, top_k, top_p, top_l, block_v, schedule,
             learner=None):
     if mode not in MODE_IDS or schedule not in SCHEDULES:
@@ -313,30 +345,18 @@ def _launch(target_logits, drafter_logits, hist, col0, temperature, mode, top_k,
     if target_logits.dtype not in _DTYPES or drafters.dtype not in _DTYPES:
         raise TypeError(f"logits must be fp32, fp16 or bf16, got {target_logits.dtype} / {drafters.dtype}")
     device = target_logits.device
-    if block_v is None:
-        per_tile = triton.cdiv(m * vocab, 4 * _sm_count(device))
-        block_v = min(max(triton.next_power_of_2(per_tile), 512), 4096, max(triton.next_power_of_2(vocab), 16))
-    n_chunks = triton.cdiv(vocab, block_v)
-    top = top_l if mode in ("topl", "topl_greedy") else 0
-    slots = (n_drafters + 1) * m * n_chunks
-    ws_f = torch.empty(3 * slots + n_drafters * m * n_chunks * (1 + top), dtype=torch.float32, device=device)
-    ws_i = torch.empty(slots + n_drafters * m * n_chunks * top, dtype=torch.int32, device=device)
+    n_chunks, ws_f_size, ws_i_size, const = _plan(m, vocab, n_drafters, mode, top_l, block_v, _sm_count(device))
+    workspace = torch.empty(ws_f_size + ws_i_size, dtype=torch.int32, device=device)  # fp32 part, then int32 part
     sem = _semaphores(device, m)
     if learner is None:
-        learner_args = (ws_f,) * 8 + (n_drafters, 0.0, 0.0, 0.0, 0.0)
-        learner_const = dict(FUSED=False, LOSS=0, CHUNK=False, ALGO=0, HAS_ETA=False, HAS_PRIOR=False, SAMPLE=False,
-                             BLOCK_N=2)
-        n_rounds, draft_len = 0, 1
+        learner_args, learner_const, n_rounds, draft_len = (sem,) * 8 + (n_drafters, 0.0, 0.0, 0.0, 0.0), {}, 0, 1
     else:
         learner_args, learner_const, n_rounds, draft_len = learner
         learner_const = dict(learner_const, FUSED=True)
-    args = (target_logits, drafters, ws_i if offsets is None else offsets, hist, ws_f, ws_i, sem, m, n_drafters,
+    args = (target_logits, drafters, sem if offsets is None else offsets, hist, workspace, sem, m, n_drafters,
             vocab, n_chunks, col0, target_logits.stride(0), stride_dn, stride_dm, hist.stride(0), hist.stride(1),
-            math.log2(math.e) / temperature if mode in ("tv", "topl") else 1.0, n_rounds, draft_len, *learner_args)
-    const = dict(MODE=MODE_IDS[mode], TOP_L=max(top, 1), BLOCK_V=block_v, BLOCK_C=triton.next_power_of_2(n_chunks),
-                 BLOCK_CL=triton.next_power_of_2(n_chunks * top) if top else 1, OFFSET_TABLE=offsets is not None,
-                 TABLE_ALIGN=table_align, num_warps=8 if block_v >= 4096 else 4 if block_v >= 1024 else 2,
-                 **learner_const)
+            _LOG2E / temperature if mode in ("tv", "topl") else 1.0, n_rounds, draft_len, *learner_args)
+    const = {**const, **_NO_LEARNER, **learner_const, "OFFSET_TABLE": offsets is not None, "TABLE_ALIGN": table_align}
     tiles = m * n_chunks
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():  # launch where the data is
         if mode != "tv":
@@ -344,7 +364,7 @@ def _launch(target_logits, drafter_logits, hist, col0, temperature, mode, top_k,
         elif schedule == "fused":
             _acceptance_kernel[(2 * tiles,)](*args, SCHEDULE=0, **const)
         else:
-            _acceptance_kernel[(tiles,)](*args, SCHEDULE=1, **dict(const, FUSED=False))
+            _acceptance_kernel[(tiles,)](*args, SCHEDULE=1, **{**const, "FUSED": False})
             _acceptance_kernel[(tiles,)](*args, SCHEDULE=2, **const)
 
 
