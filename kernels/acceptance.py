@@ -400,6 +400,8 @@ def acceptance_and_update(target_logits, drafter_logits, gamma_history, regret, 
     m, width = target_logits.shape[0], gamma_history.shape[1]
     if width < m:
         raise ValueError(f"gamma_history has {width} columns, fewer than the {m} new positions")
+    if weights.device != target_logits.device or gamma_history.device != target_logits.device:
+        raise ValueError("gamma_history and the learner state must be on the logits' device")
     if gamma_history.shape[0] != len(drafter_logits):
         raise ValueError(f"gamma_history has {gamma_history.shape[0]} rows for {len(drafter_logits)} drafters")
     n_rounds, loss_kind, chunk = gamma_rounds(gamma_history, weights.numel(), draft_len, loss, level)

@@ -23,7 +23,17 @@ def _interpret_on_cpu() -> None:
     if ON_GPU or os.environ.get(AOT_ENV) == "1":
         return
     os.environ["TRITON_INTERPRET"] = "1"
-    # @triton.jit decides at decoration time: rebuild kernel modules that an earlier import compiled natively.
+    # Triton decides interpreted-or-compiled when a @jit function is decorated: its own library (tl.sum, tl.max, …)
+    # at `import triton`, our kernels at their import. When something imported triton before the switch (torch._dynamo
+    # does, through transformers, so any earlier test module may), re-import Triton's Python modules (its compiled
+    # extension stays loaded) and our kernel modules, so that all of them are interpreted.
+    standard = sys.modules.get("triton.language.standard")
+    if standard is not None and type(standard.sum).__name__ != "InterpretedFunction":
+        for name in [n for n in sys.modules if n == "triton" or n.startswith("triton.")]:
+            if not name.startswith("triton._C"):
+                del sys.modules[name]
+        for name in ("hedgespec_fast.kernels.acceptance", "hedgespec_fast.kernels.hedge"):
+            sys.modules.pop(name, None)
     modules = [("hedgespec_fast.kernels.hedge", "_hedge_kernel"), ("hedgespec_fast.kernels.acceptance",
                                                                    "_acceptance_kernel")]
     if any(name in sys.modules and type(getattr(sys.modules[name], kernel)).__name__ != "InterpretedFunction"
