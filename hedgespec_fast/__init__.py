@@ -22,11 +22,12 @@ from .learners import (
     make_policy,
 )
 from .stats import GenerationStats
+from .trees import DynamicTree, MultiDraft, StaticTree
 
 __version__ = "0.1.0"
 
 __all__ = [
     "generate", "custom_generate", "SpeculativeOutput", "SpecConfig", "GenerationStats", "POLICIES", "make_policy",
     "HFDrafter", "NGramDrafter", "Policy", "HedgeSpecSelector", "ExpertPolicy", "UCBSpec", "EXP3Spec", "MetaSDUCB",
-    "TapOut", "Fixed", "Random",
+    "TapOut", "Fixed", "Random", "DynamicTree", "StaticTree", "MultiDraft",
 ]

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from .trees import parse_tree
+
 LOSSES = ("expected_length", "acceptance")
 LEVELS = ("token", "chunk")
 CHOICES = ("sample", "argmax")
@@ -19,7 +21,10 @@ class SpecConfig:
     draft_len : K, tokens drafted per round (the most; stopping rules may draft fewer).
     policy : a name from ``hs.POLICIES`` (``"hedgespec"``, ``"fixed:1"``, ``"ucbspec+tapout"``, …) or a policy object
         (e.g. a ``HedgeSpecSelector`` reused across calls for a warm start).
-    tree : draft-tree spec (reserved for the trees module; ``None`` = chain).
+    tree : ``None`` (a chain of ``draft_len`` tokens), a draft-tree spec string (``"depth=5,topk=4,total=32"``,
+        ``"static:depth=3,topk=2"``, ``"paths:[[0],[1],[0,0]]"``, ``"chains:k=4,depth=5"``, ``"drafters:k=3,depth=5"``,
+        ``"shared:depth=5,topk=4,total=32"``) or a shape object from :mod:`hedgespec_fast.trees`; see that module.
+        A tree without ``depth=`` takes ``draft_len`` as its depth.
     loss : full-information loss, ``"expected_length"`` (HedgeSpec's default, delayed by up to K positions) or
         ``"acceptance"`` (1 − γ, no delay).
     level : ``"token"`` (one learner round per verified position, the paper's default) or ``"chunk"`` (one per
@@ -58,6 +63,7 @@ class SpecConfig:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.eval_every < 1:
             raise ValueError(f"eval_every must be >= 1, got {self.eval_every}")
+        parse_tree(self.tree)  # a bad tree spec fails here, with the reason
         if self.timings not in ("auto", "sync", "off"):
             raise ValueError(f"timings must be 'auto', 'sync' or 'off', got {self.timings!r}")
 

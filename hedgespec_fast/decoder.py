@@ -5,16 +5,16 @@ import time
 
 import torch
 
-from .cache import new_cache, truncate
+from .cache import new_cache
 from .config import SpecConfig
-from .drafters.base import Beliefs, DraftContext
+from .drafters.base import DraftContext
 from .feedback import Evaluator
 from .learners.base import Policy, RoundOutcome
 from .logits import LogitsWarp
 from .modeling import forward_logits
 from .pool import DrafterPool
+from .speculation import make_speculation
 from .stats import PHASES, GenerationStats, PhaseTimer, RoundRecord
-from .verify import verify_greedy, verify_sampling
 
 
 class SpeculativeDecoder:
@@ -25,7 +25,7 @@ class SpeculativeDecoder:
     target : the HF causal LM whose output must be reproduced.
     pool : the drafters.
     policy : chooses the drafter each round and learns.
-    config : draft length, evaluation schedule, timings, seed.
+    config : draft length or tree, evaluation schedule, timings, seed.
     warp : the logits processing shared by target and drafters.
     do_sample : speculative sampling (True) or greedy verification.
     max_length : total length (prompt + new tokens) not to exceed.
@@ -39,12 +39,14 @@ class SpeculativeDecoder:
         self.target, self.pool, self.policy, self.config, self.warp = target, pool, policy, config, warp
         self.do_sample, self.max_length, self.streamer = do_sample, max_length, streamer
         self.eos_ids, self.stopping, self.nvtx = set(eos_ids), list(stopping), nvtx
-        self.evaluator = Evaluator(warp, do_sample, config.backend)
+        # The seam between the round and its shape: a chain, a draft tree, or several drafts merged into a tree.
+        self.speculation = make_speculation(config.tree, config.draft_len, target, pool, warp, do_sample)
+        self.evaluator = Evaluator(warp, do_sample, config.backend, top_l=self.speculation.top_l)
 
     @torch.no_grad()
     def run(self, prompt: torch.Tensor) -> tuple[torch.Tensor, GenerationStats]:
-        cfg, pool, policy = self.config, self.pool, self.policy
-        device, start_len, draft_len = prompt.device, prompt.shape[1], cfg.draft_len
+        cfg, pool, policy, spec = self.config, self.pool, self.policy, self.speculation
+        device, start_len, draft_len = prompt.device, prompt.shape[1], spec.depth
         generator = None
         if cfg.seed is not None and self.do_sample:
             generator = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -73,37 +75,36 @@ class SpeculativeDecoder:
             marks.append(timer.mark("draft"))
             budget = min(draft_len, self.max_length - length - 1)
             stop = self._counting(policy.stop_rule(), stats)
-            proposal = pool.propose(chosen, budget, DraftContext(ids, length, self.warp, self.do_sample, generator, stop))
-            k = len(proposal)
+            ctx = DraftContext(ids, length, self.warp, self.do_sample, generator, stop)
+            k = spec.draft(chosen, budget, ctx, policy.weights)  # draft tokens (chain length or tree nodes)
 
             marks.append(timer.mark("verify"))
-            raw = forward_logits(self.target, ids[0, length - 1 : length + k], cache, keep=k + 1)  # [k+1, V]
-            p = self.warp(ids, raw, length)
-            if self.do_sample:
-                packed = verify_sampling(proposal.tokens, proposal.probs, p, generator)
-            else:
-                packed = verify_greedy(proposal.tokens, p)
+            verified = spec.verify(cache, generator)  # one target forward, the lossless rule, packed on device
+            d = verified.depth
             block_reward = None
             if policy.needs_block_reward and budget:  # a drafter that proposes nothing aligned nothing
-                block_reward = self._block_reward(proposal, p, raw, ids, length, stats) if k else 0.0
-            ids[0, length : length + k + 1] = packed[2:]
+                block_reward = self._block_reward(verified, stats) if k else 0.0
+            packed = verified.packed
+            ids[0, length : length + d + 1] = packed[2 : 3 + d]
             host = packed.tolist()  # the round's one required sync
-            stats.host_syncs += 1
+            stats.host_syncs += 1 + spec.host_syncs
             if host[1]:
-                raise FloatingPointError(f"the target produced NaN logits at positions {length}..{length + k}")
+                raise FloatingPointError(f"the target produced NaN logits at positions {length}..{length + d}")
             n_accepted = host[0]
             emitted_list, finished = self._stop_within(host[2 : 3 + n_accepted], ids, length, stats)
             m = len(emitted_list)
             n_accepted = min(n_accepted, m)
             emitted = packed[2 : 2 + m]
-            truncate(cache, length + n_accepted)
+            accepted_by = spec.settle(cache, verified, host, n_accepted)  # crop / gather caches to the accepted path
             if self.streamer is not None:
                 self.streamer.put(torch.tensor(emitted_list))
 
             marks.append(timer.mark("evaluate"))
             evaluate = (policy.full_information or cfg.record_gamma) and self._should_evaluate(stats.rounds, stats)
-            beliefs = pool.commit(emitted, emitted_list, n_accepted, chosen, evaluate)
-            gamma = self.evaluator.gamma(p[:m], raw[:m], beliefs, ids, length) if evaluate else None
+            beliefs = pool.commit(emitted, emitted_list, accepted_by, evaluate)
+            gamma = None
+            if evaluate:
+                gamma = self.evaluator.gamma(verified.target_warped[:m], verified.target_raw[:m], beliefs, ids, length)
             if policy.full_information and not evaluate:
                 policy.skip()
 
@@ -153,12 +154,10 @@ class SpeculativeDecoder:
                 return float(weights.max()) <= cfg.skip_eval_above
         return True
 
-    def _block_reward(self, proposal, p, raw, ids, length, stats) -> float:
+    def _block_reward(self, verified, stats) -> float:
         """MetaSD's block divergence: mean γ of the chosen draft over every drafted position (same draft prefix)."""
-        k = len(proposal)
-        beliefs = Beliefs(logits=proposal.logits) if proposal.logits is not None else Beliefs(tokens=proposal.tokens)
         stats.host_syncs += 1
-        return float(self.evaluator.gamma(p[:k], raw[:k], [beliefs], ids, length).mean())
+        return float(self.speculation.block_gamma(self.evaluator, verified).mean())
 
     @staticmethod
     def _counting(rule, stats):

@@ -23,11 +23,16 @@ class Evaluator:
     warp : the generation's logits warping (applied to the drafters' rows exactly as to the target's).
     do_sample : sampling (``tv``) or greedy acceptance.
     backend : kernel backend for ``acceptance_probs``.
+    top_l : draft trees with the drafter's top-L children at every node: γ is the top-L mass (``topl``: Σ_{v ∈ TopL(q)}
+        p(v), the chance that one of the L children is accepted; greedy: 1{argmax p ∈ TopL(q)}), ALGORITHMS.md §3.
+        None = chains.
     """
 
-    def __init__(self, warp: LogitsWarp, do_sample: bool, backend: str = "auto"):
+    def __init__(self, warp: LogitsWarp, do_sample: bool, backend: str = "auto", top_l: int | None = None):
         self.warp = warp
-        self.mode = "tv" if do_sample else "greedy"
+        self.chain_mode = "tv" if do_sample else "greedy"  # deterministic beliefs (n-gram) propose one token
+        self.mode = self.chain_mode if top_l is None else ("topl" if do_sample else "topl_greedy")
+        self.top_l = 1 if top_l is None else top_l
         self.backend = backend
 
     def gamma(self, target_warped: torch.Tensor, target_raw: torch.Tensor, beliefs: Sequence[Beliefs],
@@ -53,14 +58,15 @@ class Evaluator:
             if self.warp.temperature_only is not None:
                 # Temperature is the whole warp: the kernel reads the raw logits and divides in-kernel.
                 g = kernels.acceptance_probs(target_raw, stacked, temperature=self.warp.temperature_only,
-                                             mode=self.mode, backend=self.backend)
+                                             mode=self.mode, top_l=self.top_l, backend=self.backend)
             else:
                 q = self.warp(ids, stacked, start)
-                g = kernels.acceptance_probs(target_warped, q, temperature=1.0, mode=self.mode, backend=self.backend)
+                g = kernels.acceptance_probs(target_warped, q, temperature=1.0, mode=self.mode, top_l=self.top_l,
+                                             backend=self.backend)
             gamma[model_rows] = g.nan_to_num(nan=0.0)  # a drafter with NaN logits is never accepted
         if token_rows:
             tokens = torch.stack([beliefs[i].tokens for i in token_rows])  # [n, m], -1 = no proposal
-            gamma[token_rows] = onehot_acceptance(target_warped, tokens, self.mode)
+            gamma[token_rows] = onehot_acceptance(target_warped, tokens, self.chain_mode)
         return gamma
 
 

@@ -151,7 +151,9 @@ def generate(target, input_ids, drafters, max_new_tokens: int = 128, policy="hed
     policy : a name from ``hs.POLICIES`` or a policy object (reuse it across calls for a warm start).
     draft_len : K, tokens drafted per round.
     do_sample, temperature, top_k, top_p : sampling, applied identically to target and drafters.
-    tree : draft-tree spec or None (chain).
+    tree : None (chain) or a draft tree: ``"depth=5,topk=4,total=32"`` (EAGLE-2 dynamic), ``"static:depth=3,topk=2"``,
+        ``"paths:[[0],[1],[0,0]]"``, multi-draft ``"chains:k=4"`` / ``"drafters:k=3"`` / ``"shared:total=32"``, or a
+        shape object (:mod:`hedgespec_fast.trees`). Needs ``sdpa`` or ``eager`` attention.
     seed : seeds sampling and the policy's randomness.
     streamer : e.g. ``TextStreamer``; receives the prompt, then tokens as rounds emit them.
     spec_config : a :class:`SpecConfig` for the other options (loss, level, choice, eval_every, backend, …).

@@ -42,10 +42,11 @@ class DrafterPool:
     def propose(self, index: int, k: int, ctx: DraftContext) -> Proposal:
         return self.drafters[index].propose(k, ctx)
 
-    def commit(self, emitted: torch.Tensor, emitted_list: list[int], n_accepted: int, chosen: int,
+    def commit(self, emitted: torch.Tensor, emitted_list: list[int], accepted: Sequence[int],
                evaluate: bool) -> list[Beliefs | None]:
-        """Append the emitted tokens to every drafter; with ``evaluate``, return each one's beliefs on them."""
-        return [
-            d.commit(emitted, emitted_list, n_accepted if i == chosen else 0, evaluate)
-            for i, d in enumerate(self.drafters)
-        ]
+        """Append the emitted tokens to every drafter; with ``evaluate``, return each one's beliefs on them.
+
+        ``accepted[i]``: how many of drafter i's own draft tokens the round accepted (0 for drafters that did not draft;
+        with multi-draft several drafters drafted).
+        """
+        return [d.commit(emitted, emitted_list, accepted[i], evaluate) for i, d in enumerate(self.drafters)]

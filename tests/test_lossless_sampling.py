@@ -14,7 +14,7 @@ from tiny import noisy_copy, tiny_model, truncated_copy
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
 import hedgespec_fast as hs
-import hedgespec_fast.decoder as decoder_module
+import hedgespec_fast.speculation as speculation_module
 from hedgespec_fast.verify import verify_sampling
 
 P_ACCEPT = 1e-3  # a correct sampler fails this once in a thousand runs (seeds are fixed, so it is deterministic)
@@ -125,6 +125,6 @@ def test_generate_samples_the_target_distribution(tiny_vocab_setup, monkeypatch)
     exact = exact_first_two(target)
     counts = sample_first_two(target, drafters, 1500, policy="random")  # every drafter kind takes part
     assert chi2_pvalue(counts, exact) > P_ACCEPT
-    monkeypatch.setattr(decoder_module, "verify_sampling", _broken_residual)
+    monkeypatch.setattr(speculation_module, "verify_sampling", _broken_residual)  # the chain strategy's rule
     broken = sample_first_two(target, drafters, 800, policy="random")
     assert chi2_pvalue(broken, exact) < P_REJECT, "a broken rule went unnoticed end to end"

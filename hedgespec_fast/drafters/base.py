@@ -62,6 +62,10 @@ class Drafter(Protocol):
     Lifecycle per ``generate`` call: ``prefill(prompt)`` once; then each round at most one ``propose`` and one
     ``commit`` with the tokens the target emitted. ``commit`` must return the drafter's beliefs at every emitted
     position (full information) when ``want_beliefs`` is True; otherwise it may defer work until it is next asked.
+
+    Draft trees (optional): a drafter that can grow trees also has ``propose_tree(shape, depth, ctx) -> TokenTree``
+    (instead of ``propose``) and ``settle_tree(slots) -> int``, called with the accepted path before ``commit``
+    (see :class:`~.hf.HFDrafter`). A drafter without them contributes its ``propose`` chain to a tree.
     """
 
     name: str

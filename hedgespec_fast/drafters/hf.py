@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import torch
 
-from ..cache import new_cache, truncate
+from ..cache import gather, new_cache, truncate
 from ..modeling import context_length, forward_logits, param_device_dtype, vocab_size
+from ..trees import TokenTree, check_tree_attention
 from .base import Beliefs, DraftContext, Proposal
+from .tree_growth import grow
 
 
 class HFDrafter:
@@ -36,6 +38,7 @@ class HFDrafter:
         self.fed = 0
         self.backlog: list[torch.Tensor] = []
         self.draft_rows: torch.Tensor | None = None
+        self.tree_rows: torch.Tensor | None = None  # [F, V] after propose_tree, until settle_tree
         self.pending = None
         self._feed(ids.reshape(-1), keep=1)
 
@@ -83,7 +86,33 @@ class HFDrafter:
         except RuntimeError as err:  # NaN / inf logits make an invalid distribution
             raise ValueError(f"drafter {self.name!r} produced an invalid distribution (NaN or inf logits?): {err}") from err
 
+    def propose_tree(self, shape, depth: int, ctx: DraftContext) -> TokenTree:
+        """Grow a draft tree (``DynamicTree``, ``StaticTree`` or ``SampledChains``) of at most ``depth`` levels.
+
+        The tree's nodes stay in the cache (one slot per fed node) until :meth:`settle_tree` keeps the accepted path.
+        """
+        self._catch_up()
+        check_tree_attention(self.model, f"drafter {self.name!r}")
+        tree, self.tree_rows = grow(self, shape, depth, ctx)
+        self.draft_rows = None
+        return tree
+
+    def settle_tree(self, slots: list[int]) -> int:
+        """Keep the accepted path of the last tree: ``slots`` are the cache slots of the accepted nodes, root excluded
+        (−1 = a node this drafter never fed). Afterwards the drafter is in the state of a chain proposal whose fed
+        draft tokens are that path, so :meth:`commit` proceeds as for chains. Returns the path nodes kept."""
+        kept = 0
+        while kept < len(slots) and slots[kept] >= 0:
+            kept += 1
+        keep = torch.tensor(slots[:kept], dtype=torch.long, device=self.device)
+        gather(self.cache, self.fed, keep)
+        self.draft_rows = torch.cat([self.pending, self.tree_rows[keep]])
+        self.tree_rows = None
+        return kept
+
     def commit(self, emitted: torch.Tensor, emitted_list: list[int], n_accepted: int, want_beliefs: bool):
+        if self.tree_rows is not None:
+            raise RuntimeError(f"drafter {self.name!r} grew a tree that was never settled: call settle_tree first")
         m = int(emitted.shape[0])
         if self.draft_rows is not None:
             # Draft rows 0..n_accepted were computed on the true prefix; so were the first c fed draft tokens.

@@ -1,0 +1,199 @@
+"""Growing draft trees with an HF causal LM drafter: EAGLE-2 dynamic trees, static rank trees, sampled chains.
+
+The drafter's cache holds its committed tokens; growing feeds tree nodes level by level after them (one forward per
+level, each with a 4D mask over the committed prefix and the node's ancestors, at position ``committed − 1 + depth``).
+Every fed node takes the next cache *slot* (0, 1, … after the committed tokens); ``TreeSource.local`` maps tree nodes to
+slots so that, once the target has chosen a path, :meth:`HFDrafter.settle_tree` keeps exactly that path's K/V.
+
+Each grower returns ``(tree, rows)``: the :class:`~..trees.TokenTree` (root = the last committed token) and the
+drafter's raw logits after each fed node, in slot order ``[F, V]``.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..modeling import forward_logits
+from ..trees import (DynamicTree, SampledChains, StaticTree, TokenTree, TreeSource, Trials, prefix_mask,
+                     tree_attention_mask, warp_at_nodes)
+from .base import Beliefs, DraftContext
+
+_LOGP_FLOOR = -1e4  # tokens the warping removed: finite, so cumulative scores never turn NaN
+
+
+def grow(drafter, shape, depth: int, ctx: DraftContext) -> tuple[TokenTree, torch.Tensor]:
+    """Grow ``shape`` (at most ``depth`` levels) from the drafter's state after the committed text."""
+    if isinstance(shape, DynamicTree):
+        return _grow_dynamic(drafter, shape.topk, shape.total, depth, ctx)
+    if isinstance(shape, StaticTree):
+        return _grow_static(drafter, shape.pruned(depth), ctx)
+    if isinstance(shape, SampledChains):
+        return _grow_chains(drafter, shape.k, depth, ctx)
+    raise TypeError(f"a drafter cannot grow a {type(shape).__name__}")
+
+
+def _feed(drafter, tokens: torch.Tensor, depths: torch.Tensor, tree_part: torch.Tensor) -> torch.Tensor:
+    """Feed tree nodes after the committed tokens and the slots already fed; ``tree_part [q, slots + q]`` says which
+    fed slots (and which of the new nodes) each new node sees. Returns their logits ``[q, V]``."""
+    mask = tree_attention_mask(drafter.model, prefix_mask(drafter.fed, tree_part))
+    positions = (depths + drafter.fed - 1).view(1, -1)
+    return forward_logits(drafter.model, tokens, drafter.cache, keep=0, attention_mask=mask, position_ids=positions)
+
+
+def _log_probs(warped: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(warped.float(), dim=-1).clamp(min=_LOGP_FLOOR)
+
+
+def _source(local: torch.Tensor, pending: torch.Tensor, rows: torch.Tensor) -> TreeSource:
+    """The grown tree's source record; belief rows are the root's (``pending``) then each fed slot's."""
+    n, slots = local.shape[0], rows.shape[0]
+    context = torch.full((slots + 2,), -1, dtype=torch.long, device=local.device)
+    context.scatter_(0, torch.where(local >= 0, local + 1, slots + 1), torch.arange(n, device=local.device))
+    context[0] = 0
+    return TreeSource(None, local, True, Beliefs(logits=torch.cat([pending, rows])), context[: slots + 1])
+
+
+def _grow_dynamic(drafter, topk: int, total: int, depth: int, ctx: DraftContext):
+    """EAGLE-2: the frontier is the ``topk`` best nodes of the newest level by cumulative log-probability; each frontier
+    node is fed and proposes its ``topk`` best children; after ``depth`` levels the ``total`` best nodes are kept. Scores
+    never increase from parent to child, and a stable sort keeps parents ahead of equal-scored children, so the kept
+    set contains every kept node's ancestors. Runs without host syncs (unless a stopping rule or a position-dependent
+    logits processor needs one)."""
+    device = drafter.pending.device
+    k = min(topk, drafter.vocab_size)
+    root = ctx.ids[0, ctx.length - 1].view(1)
+    logp = _log_probs(ctx.warp(ctx.ids, drafter.pending, ctx.length))[0]
+    score, token = logp.topk(k)
+    tokens, parents = [root, token], [torch.tensor([-1], device=device), torch.zeros(k, dtype=torch.long, device=device)]
+    scores, depths = [score.new_zeros(1), score], [torch.zeros(1, dtype=torch.long, device=device),
+                                                  torch.ones(k, dtype=torch.long, device=device)]
+    frontier = torch.arange(1, k + 1, device=device)  # candidate indices
+    frontier_tokens, frontier_scores = token, score
+    max_slots = max(depth - 1, 0) * k
+    frontier_seen = torch.zeros((k, max_slots), dtype=torch.bool, device=device)  # fed slots each frontier node sees
+    slot_of = torch.full((1 + k + max(depth - 1, 0) * k * k,), -1, dtype=torch.long, device=device)
+    rows, fed_slots, levels, count = [], 0, 1, 1 + k
+    for level in range(1, depth):
+        own = torch.arange(fed_slots, fed_slots + k, device=device)
+        tree_part = torch.cat([frontier_seen[:, :fed_slots], torch.eye(k, dtype=torch.bool, device=device)], dim=1)
+        level_rows = _feed(drafter, frontier_tokens, torch.full((k,), level, device=device), tree_part)
+        rows.append(level_rows)
+        slot_of[frontier] = own
+        seen = frontier_seen.clone()
+        seen[torch.arange(k, device=device), own] = True
+        fed_slots += k
+        warped = warp_at_nodes(ctx.warp, ctx.ids, ctx.length, level_rows, torch.cat(tokens), torch.cat(parents), frontier)
+        child_logp, child_token = _log_probs(warped).topk(k, dim=-1)  # [k, k]
+        child_score = (frontier_scores[:, None] + child_logp).reshape(-1)
+        tokens.append(child_token.reshape(-1))
+        parents.append(frontier.repeat_interleave(k))
+        scores.append(child_score)
+        depths.append(torch.full((k * k,), level + 1, dtype=torch.long, device=device))
+        best = child_score.topk(k).indices
+        frontier, frontier_tokens, frontier_scores = count + best, child_token.reshape(-1)[best], child_score[best]
+        frontier_seen = seen[best // k]
+        count += k * k
+        levels += 1
+        if ctx.stop is not None and ctx.stop(warped[best[0] // k]):  # TapOut: the best branch says stop here
+            break
+
+    tokens, parents, scores, depths = (torch.cat(x) for x in (tokens, parents, scores, depths))
+    keep = min(total, count - 1)
+    best = torch.sort(scores[1:], descending=True, stable=True).indices[:keep] + 1
+    nodes = torch.cat([best.new_zeros(1), torch.sort(best).values])  # creation order is topological
+    renumber = torch.full((count,), -1, dtype=torch.long, device=device)
+    renumber[nodes] = torch.arange(keep + 1, device=device)
+    node_parents = torch.where(parents[nodes] >= 0, renumber[parents[nodes].clamp(min=0)], -1)
+    rows = torch.cat(rows) if rows else drafter.pending.new_zeros((0, drafter.pending.shape[-1]))
+    local = slot_of[:count][nodes]
+    tree = TokenTree(tokens[nodes], node_parents, depths[nodes], min(levels, keep), None,
+                     [_source(local, drafter.pending, rows)])
+    return tree, rows
+
+
+def _grow_static(drafter, shape: StaticTree | None, ctx: DraftContext):
+    """A fixed tree of ranks: a node with rank path (…, r) holds its parent's r-th most likely token. Levels are fed
+    in order; only nodes with children are fed. The structure is known on the host, so no host sync."""
+    device = drafter.pending.device
+    paths = list(shape.paths) if shape is not None else []
+    index = {(): 0, **{p: i + 1 for i, p in enumerate(paths)}}
+    parent_h = [-1] + [index[p[:-1]] for p in paths]
+    depth_h = [0] + [len(p) for p in paths]
+    has_children = set(parent_h[1:])
+    tokens = torch.empty(len(paths) + 1, dtype=torch.long, device=device)
+    tokens[0] = ctx.ids[0, ctx.length - 1]
+    parents = torch.tensor(parent_h, dtype=torch.long, device=device)
+    slot_h = [-1] * len(tokens)
+    seen_h: dict[int, list[int]] = {0: []}  # fed slots each node sees (its ancestors')
+    row_of = {0: ctx.warp(ctx.ids, drafter.pending, ctx.length)[0]}  # warped rows of nodes with children
+    rows, fed_slots = [], 0
+    depth = max(depth_h)
+    for level in range(1, depth + 1):
+        level_nodes = [i for i in range(1, len(tokens)) if depth_h[i] == level]
+        level_parents = sorted({parent_h[i] for i in level_nodes})
+        width = max(paths[i - 1][-1] for i in level_nodes) + 1
+        ranked = torch.stack([row_of[p] for p in level_parents]).topk(min(width, drafter.vocab_size), dim=-1).indices
+        where = {p: j for j, p in enumerate(level_parents)}
+        pick_row = torch.tensor([where[parent_h[i]] for i in level_nodes], device=device)
+        pick_rank = torch.tensor([min(paths[i - 1][-1], ranked.shape[1] - 1) for i in level_nodes], device=device)
+        tokens[level_nodes] = ranked[pick_row, pick_rank]
+        to_feed = [i for i in level_nodes if i in has_children]
+        if not to_feed:
+            continue
+        tree_part = torch.zeros((len(to_feed), fed_slots + len(to_feed)), dtype=torch.bool)
+        for j, i in enumerate(to_feed):
+            seen_h[i] = seen_h[parent_h[i]] + [fed_slots + j]
+            tree_part[j, seen_h[i]] = True
+            slot_h[i] = fed_slots + j
+        feed_nodes = torch.tensor(to_feed, device=device)
+        level_rows = _feed(drafter, tokens[feed_nodes], torch.full((len(to_feed),), level, device=device),
+                           tree_part.to(device))
+        rows.append(level_rows)
+        fed_slots += len(to_feed)
+        warped = warp_at_nodes(ctx.warp, ctx.ids, ctx.length, level_rows, tokens, parents, feed_nodes)
+        row_of.update({i: warped[j] for j, i in enumerate(to_feed)})
+    rows = torch.cat(rows) if rows else drafter.pending.new_zeros((0, drafter.pending.shape[-1]))
+    local = torch.tensor(slot_h, dtype=torch.long, device=device)
+    depths = torch.tensor(depth_h, dtype=torch.long, device=device)
+    return TokenTree(tokens, parents, depths, depth, None, [_source(local, drafter.pending, rows)]), rows
+
+
+def _grow_chains(drafter, k: int, depth: int, ctx: DraftContext):
+    """``k`` chains sampled independently from the drafter's warped distribution (SpecInfer's multi-draft; under
+    greedy verification they are simply diverse guesses). Chain c's node at level l is node ``1 + (l − 1)k + c``;
+    duplicates are left for :func:`~..trees.merge_trees` to merge. Each node's one trial carries the distribution it was
+    sampled from."""
+    device = drafter.pending.device
+    n = 1 + k * depth
+    node = torch.arange(n, device=device)
+    parents = torch.where(node > k, node - k, 0)
+    parents[0] = -1
+    depths = (node + k - 1) // k
+    tokens = torch.empty(n, dtype=torch.long, device=device)
+    tokens[0] = ctx.ids[0, ctx.length - 1]
+    probs = [torch.softmax(ctx.warp(ctx.ids, drafter.pending, ctx.length).float(), dim=-1)]  # q rows: root, then slots
+    tokens[1 : k + 1] = torch.multinomial(probs[0][0], k, replacement=True, generator=ctx.generator)
+    rows, chain = [], torch.arange(k, device=device)
+    for level in range(1, depth):
+        level_nodes = 1 + (level - 1) * k + chain
+        tree_part = torch.zeros((k, level * k), dtype=torch.bool, device=device)
+        for earlier in range(level):
+            tree_part[chain, earlier * k + chain] = True  # a chain sees its own earlier nodes only
+        level_rows = _feed(drafter, tokens[level_nodes], torch.full((k,), level, device=device), tree_part)
+        rows.append(level_rows)
+        warped = warp_at_nodes(ctx.warp, ctx.ids, ctx.length, level_rows, tokens, parents, level_nodes)
+        level_probs = torch.softmax(warped.float(), dim=-1)
+        probs.append(level_probs)
+        tokens[level_nodes + k] = torch.multinomial(level_probs, 1, generator=ctx.generator).view(-1)
+    # Trials: the root tries its k children with q row 0; node (c, l) tries (c, l + 1) with its own row.
+    child = torch.where(node + k < n, node + k, -1)
+    child[0] = -1
+    child = child.view(-1, 1)
+    q_row = torch.where(child >= 0, node.view(-1, 1), -1)  # node i's q row is i (root 0, then slot s at 1 + s)
+    root_trials = torch.full((n, k), -1, dtype=torch.long, device=device)
+    root_trials[0] = chain + 1
+    root_rows = torch.full((n, k), -1, dtype=torch.long, device=device)
+    root_rows[0] = 0
+    trials = Trials(torch.cat([root_trials, child], dim=1), torch.cat([root_rows, q_row], dim=1), torch.cat(probs))
+    rows = torch.cat(rows) if rows else drafter.pending.new_zeros((0, drafter.pending.shape[-1]))
+    local = torch.where((node >= 1) & (node <= (depth - 1) * k), node - 1, -1)
+    return TokenTree(tokens, parents, depths, depth, trials, [_source(local, drafter.pending, rows)]), rows
