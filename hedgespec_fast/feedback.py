@@ -90,6 +90,10 @@ class LossStream:
     Released vectors are fed to the base learner in order before its next choice, one learner round each (token
     level) or averaged into one round per draft–verify cycle (chunk level).
 
+    The stream only keeps the open positions; turning a window into losses (and updating the learner) is the
+    kernels' job: :meth:`extend` hands the window to ``kernels.hedge_update_from_gamma`` (one launch on a GPU),
+    :meth:`push` returns the losses themselves.
+
     Parameters
     ----------
     kind : ``"expected_length"`` or ``"acceptance"``.
@@ -105,14 +109,17 @@ class LossStream:
         """New prompt or a gap in the positions: windows that cannot complete are dropped."""
         self.history = None
 
+    def extend(self, gamma: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Add γ ``[N, m]``; return the window ``[N, S]`` (open positions + new ones) and how many losses it releases."""
+        history = gamma if self.history is None else torch.cat([self.history, gamma], dim=1)
+        released = history.shape[1] if self.kind == "acceptance" else max(history.shape[1] - self.window + 1, 0)
+        self.history = history[:, released:]
+        return history, released
+
     def push(self, gamma: torch.Tensor) -> torch.Tensor:
         """Add γ ``[N, m]`` of the next ``m`` positions; return the released losses ``[T, N]`` (T may be 0)."""
-        if self.kind == "acceptance":
-            losses = (1.0 - gamma).t()
-        else:
-            history = gamma if self.history is None else torch.cat([self.history, gamma], dim=1)
-            losses = kernels.expected_length_losses(history, self.window)
-            self.history = history[:, losses.shape[0]:]
+        window, _ = self.extend(gamma)
+        losses = kernels.gamma_losses(window, self.kind, self.window)
         if self.level == "chunk" and losses.shape[0] > 1:
             losses = losses.mean(dim=0, keepdim=True)
         return losses

@@ -70,7 +70,7 @@ def speculative_decode(model, input_ids, logits_processor, stopping_criteria, ge
     pool = DrafterPool(drafters)
     max_length = int(generation_config.max_length)
     _validate(model, input_ids, pool, max_length)
-    policy = make_policy(config.policy, len(pool), config)
+    policy = make_policy(config.policy, len(pool), config, device=input_ids.device)
     extra_stops = [c for c in (stopping_criteria or []) if not isinstance(c, (EosTokenCriteria, MaxLengthCriteria))]
     common = dict(warp=LogitsWarp(logits_processor), do_sample=bool(generation_config.do_sample),
                   max_length=max_length, eos_ids=_eos_ids(generation_config, stopping_criteria),

@@ -21,7 +21,7 @@ import os
 import torch
 
 from . import reference
-from .reference import ALGOS, LEVELS, LOSSES, MODES, choose, expected_length_losses, warp_logits
+from .reference import ALGOS, LEVELS, LOSSES, MODES, choose, expected_length_losses, gamma_losses, warp_logits
 
 BACKENDS = ("auto", "triton", "torch")
 ENV_BACKEND = "HEDGESPEC_BACKEND"
@@ -32,6 +32,7 @@ __all__ = [
     "hedge_update_from_gamma",
     "acceptance_and_update",
     "expected_length_losses",
+    "gamma_losses",
     "warp_logits",
     "choose",
     "resolve_backend",

@@ -50,10 +50,22 @@ def _drafter_policy(name: str, n: int, config, kwargs: dict) -> Policy:
     raise ValueError(f"unknown policy {name!r}; known: {', '.join(POLICIES)} (and '<policy>+tapout')")
 
 
-def make_policy(spec, n_drafters: int, config) -> Policy:
-    """A policy object from a name in ``POLICIES`` (``"<name>+tapout"`` adds TapOut's stopping), or ``spec`` itself."""
+def make_policy(spec, n_drafters: int, config, device=None) -> Policy:
+    """A policy object from a name in ``POLICIES`` (``"<name>+tapout"`` adds TapOut's stopping), or ``spec`` itself.
+
+    A full-information learner made from a name lives on ``device`` (the target's), so its update runs where γ is
+    computed (the Triton kernel on a GPU) and γ never crosses to the host. Objects passed in stay where they are.
+    """
     if isinstance(spec, Policy):
         return spec
+    policy = _named_policy(spec, n_drafters, config)
+    inner = policy.drafter_policy if isinstance(policy, TapOut) else policy
+    if device is not None and isinstance(inner, ExpertPolicy):
+        inner.to(device)
+    return policy
+
+
+def _named_policy(spec, n_drafters: int, config) -> Policy:
     if not isinstance(spec, str):
         raise TypeError(f"policy must be a name from hs.POLICIES or a Policy object, got {type(spec).__name__}")
     name = spec.strip().lower()

@@ -56,10 +56,12 @@ class ExpertPolicy(Policy):
     def update(self, outcome: RoundOutcome) -> None:
         if outcome.gamma is None:
             return
-        losses = self.stream.push(outcome.gamma).to(self.weights_.device)
-        if losses.shape[0]:
-            kernels.hedge_update(losses, self.regret, self.abs_regret, self.cum_loss, self.weights_, self.step,
-                                 algo=self.algo, eta=self.eta, backend=self.backend)
+        window, released = self.stream.extend(outcome.gamma)
+        if released:  # losses of the released windows + the learner rounds: one launch on a GPU
+            kernels.hedge_update_from_gamma(window.to(self.weights_.device), self.regret, self.abs_regret,
+                                            self.cum_loss, self.weights_, self.step, draft_len=self.stream.window,
+                                            loss=self.loss, level=self.level, algo=self.algo, eta=self.eta,
+                                            backend=self.backend)
 
     def skip(self) -> None:
         """An unevaluated round breaks the run of positions: open windows can no longer complete."""
