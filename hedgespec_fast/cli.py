@@ -40,8 +40,8 @@ def _env(args) -> None:
 
         info = zoo.manifest()
         print(f"zoo: target + drafters {[d['name'] for d in info['drafters']]}")
-    except FileNotFoundError as err:
-        print(f"zoo: {err}")
+    except (FileNotFoundError, AttributeError, ImportError) as err:
+        print(f"zoo: not available ({err})")
     print(f"policies: {', '.join(hs.POLICIES)}")
 
 
