@@ -49,6 +49,10 @@ def make_speculation(tree, draft_len: int, target, pool, warp, do_sample: bool):
         return ChainSpeculation(target, pool, warp, do_sample, draft_len)
     shape = with_depth(shape, draft_len)
     check_tree_attention(target, "the target")
+    if not (isinstance(shape, MultiDraft) and shape.source == "drafters"):  # those draft chains only
+        for drafter in pool.drafters:  # fail before any work, not when a drafter is first chosen
+            if hasattr(drafter, "propose_tree") and hasattr(drafter, "model"):
+                check_tree_attention(drafter.model, f"drafter {drafter.name!r}")
     if isinstance(shape, MultiDraft):
         return MultiDraftSpeculation(target, pool, warp, do_sample, shape)
     return TreeSpeculation(target, pool, warp, do_sample, shape)
