@@ -467,29 +467,43 @@ def merge_trees(trees: list[TokenTree]) -> TokenTree:
             locals_host[-1].append(flat[at : at + n])
             at += n
 
+    # Everything the device needs goes over in one host→device copy, then is cut into views.
     size = len(tokens)
-    merged_trials = None
-    if any(row >= 0 for node in trials for _, row in node):
-        width = max(len(node) for node in trials)
-        child = torch.full((size, width), -1, dtype=torch.long)
-        q_row = torch.full((size, width), -1, dtype=torch.long)
-        for i, node in enumerate(trials):
-            for s, (c, row) in enumerate(node):
-                child[i, s], q_row[i, s] = c, row
-        merged_trials = Trials(child.to(device), q_row.to(device), torch.cat(q_parts).float())
-
-    sources = []
+    sampled = any(row >= 0 for node in trials for _, row in node)
+    width = max(len(node) for node in trials) if sampled else 0
+    child = [[-1] * width for _ in range(size)]
+    q_row = [[-1] * width for _ in range(size)]
+    for i, node in enumerate(trials if sampled else ()):
+        for s, (c, row) in enumerate(node):
+            child[i][s], q_row[i][s] = c, row
+    host = tokens + parents + depths + sum(child, []) + sum(q_row, [])
     for t, mapping, local_lists in zip(trees, maps, locals_host):
-        map_dev = torch.tensor(mapping, dtype=torch.long, device=device)
-        for src, local in zip(t.sources, local_lists):
+        host += mapping
+        for local in local_lists:
             merged_local = [-1] * size
             for i in range(t.size):  # duplicates hold identical K/V: the first one the drafter fed will do
                 if merged_local[mapping[i]] < 0:
                     merged_local[mapping[i]] = local[i]
+            host += merged_local
+    flat = torch.tensor(host, dtype=torch.long).to(device)
+    cut = iter(torch.split(flat, [size] * 3 + [size * width] * 2 + [len(h) for h in _chunks(trees, maps, size)]))
+    merged_tokens, merged_parents, merged_depths = next(cut), next(cut), next(cut)
+    child_dev, q_row_dev = next(cut).view(size, width), next(cut).view(size, width)
+    merged_trials = Trials(child_dev, q_row_dev, torch.cat(q_parts).float()) if sampled else None
+    sources = []
+    for t in trees:
+        map_dev = next(cut)
+        for src in t.sources:
             context = None
             if src.context is not None:
                 context = torch.where(src.context >= 0, map_dev[src.context.clamp(min=0)], src.context)
-            sources.append(replace(src, local=torch.tensor(merged_local, dtype=torch.long, device=device),
-                                   context=context))
-    as_tensor = lambda values: torch.tensor(values, dtype=torch.long, device=device)  # noqa: E731
-    return TokenTree(as_tensor(tokens), as_tensor(parents), as_tensor(depths), max(depths), merged_trials, sources)
+            sources.append(replace(src, local=next(cut), context=context))
+    return TokenTree(merged_tokens, merged_parents, merged_depths, max(depths), merged_trials, sources)
+
+
+def _chunks(trees, maps, size):
+    """The lengths of the per-draft parts of :func:`merge_trees`' host buffer, in order (as placeholders)."""
+    for t, mapping in zip(trees, maps):
+        yield mapping
+        for _ in t.sources:
+            yield range(size)

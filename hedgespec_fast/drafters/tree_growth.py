@@ -10,6 +10,8 @@ drafter's raw logits after each fed node, in slot order ``[F, V]``.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..modeling import forward_logits
@@ -63,7 +65,8 @@ def _grow_dynamic(drafter, topk: int, total: int, depth: int, ctx: DraftContext)
     root = ctx.ids[0, ctx.length - 1].view(1)
     logp = _log_probs(ctx.warp(ctx.ids, drafter.pending, ctx.length))[0]
     score, token = logp.topk(k)
-    tokens, parents = [root, token], [torch.tensor([-1], device=device), torch.zeros(k, dtype=torch.long, device=device)]
+    tokens = [root, token]
+    parents = [torch.full((1,), -1, dtype=torch.long, device=device), torch.zeros(k, dtype=torch.long, device=device)]
     scores, depths = [score.new_zeros(1), score], [torch.zeros(1, dtype=torch.long, device=device),
                                                   torch.ones(k, dtype=torch.long, device=device)]
     frontier = torch.arange(1, k + 1, device=device)  # candidate indices
@@ -110,51 +113,80 @@ def _grow_dynamic(drafter, topk: int, total: int, depth: int, ctx: DraftContext)
     return tree, rows
 
 
-def _grow_static(drafter, shape: StaticTree | None, ctx: DraftContext):
-    """A fixed tree of ranks: a node with rank path (…, r) holds its parent's r-th most likely token. Levels are fed
-    in order; only nodes with children are fed. The structure is known on the host, so no host sync."""
-    device = drafter.pending.device
+@dataclass(frozen=True)
+class _Level:
+    nodes: torch.Tensor  # [q] the level's nodes
+    parent_rows: torch.Tensor  # [q] row of each node's parent among the warped rows so far
+    ranks: torch.Tensor  # [q, 1] each node's rank among its siblings
+    width: int  # top-width tokens are ranked
+    feed: torch.Tensor | None  # nodes with children, fed to the drafter after this level is drafted
+    tree_part: torch.Tensor | None  # [len(feed), fed slots + len(feed)] what each fed node sees
+
+
+@dataclass(frozen=True)
+class _StaticPlan:
+    """A static tree's index tensors, built on the host once per (shape, vocabulary, device) and kept on the device,
+    so growing it costs no host→device copy (each copy would wait for the queued GPU work)."""
+
+    parents: torch.Tensor
+    depths: torch.Tensor
+    local: torch.Tensor
+    levels: tuple
+
+
+_PLANS: dict = {}
+
+
+def _static_plan(shape: StaticTree | None, vocab: int, device: torch.device) -> _StaticPlan:
+    key = (shape, vocab, str(device))
+    if key in _PLANS:
+        return _PLANS[key]
     paths = list(shape.paths) if shape is not None else []
     index = {(): 0, **{p: i + 1 for i, p in enumerate(paths)}}
-    parent_h = [-1] + [index[p[:-1]] for p in paths]
-    depth_h = [0] + [len(p) for p in paths]
-    has_children = set(parent_h[1:])
-    tokens = torch.empty(len(paths) + 1, dtype=torch.long, device=device)
+    parent = [-1] + [index[p[:-1]] for p in paths]
+    depth = [0] + [len(p) for p in paths]
+    has_children = set(parent[1:])
+    slot, row, seen = [-1] * len(parent), {0: 0}, {0: []}  # row: the node's row among the warped rows
+    levels, fed = [], 0
+    as_tensor = lambda values: torch.tensor(values, dtype=torch.long, device=device)  # noqa: E731
+    for level in range(1, max(depth) + 1):
+        nodes = [i for i in range(1, len(parent)) if depth[i] == level]
+        width = min(max(paths[i - 1][-1] for i in nodes) + 1, vocab)
+        ranks = [[min(paths[i - 1][-1], width - 1)] for i in nodes]
+        feed = [i for i in nodes if i in has_children]
+        tree_part = torch.zeros((len(feed), fed + len(feed)), dtype=torch.bool)
+        for j, i in enumerate(feed):
+            slot[i], row[i] = fed + j, 1 + fed + j
+            seen[i] = seen[parent[i]] + [fed + j]
+            tree_part[j, seen[i]] = True
+        levels.append(_Level(as_tensor(nodes), as_tensor([row[parent[i]] for i in nodes]), as_tensor(ranks), width,
+                             as_tensor(feed) if feed else None, tree_part.to(device) if feed else None))
+        fed += len(feed)
+    plan = _StaticPlan(as_tensor(parent), as_tensor(depth), as_tensor(slot), tuple(levels))
+    _PLANS[key] = plan
+    return plan
+
+
+def _grow_static(drafter, shape: StaticTree | None, ctx: DraftContext):
+    """A fixed tree of ranks: a node with rank path (…, r) holds its parent's r-th most likely token. Levels are
+    drafted in order; only nodes with children are fed to the drafter. No host sync, no host→device copy."""
+    plan = _static_plan(shape, drafter.vocab_size, drafter.pending.device)
+    tokens = torch.empty(plan.parents.shape[0], dtype=torch.long, device=plan.parents.device)
     tokens[0] = ctx.ids[0, ctx.length - 1]
-    parents = torch.tensor(parent_h, dtype=torch.long, device=device)
-    slot_h = [-1] * len(tokens)
-    seen_h: dict[int, list[int]] = {0: []}  # fed slots each node sees (its ancestors')
-    row_of = {0: ctx.warp(ctx.ids, drafter.pending, ctx.length)[0]}  # warped rows of nodes with children
-    rows, fed_slots = [], 0
-    depth = max(depth_h)
-    for level in range(1, depth + 1):
-        level_nodes = [i for i in range(1, len(tokens)) if depth_h[i] == level]
-        level_parents = sorted({parent_h[i] for i in level_nodes})
-        width = max(paths[i - 1][-1] for i in level_nodes) + 1
-        ranked = torch.stack([row_of[p] for p in level_parents]).topk(min(width, drafter.vocab_size), dim=-1).indices
-        where = {p: j for j, p in enumerate(level_parents)}
-        pick_row = torch.tensor([where[parent_h[i]] for i in level_nodes], device=device)
-        pick_rank = torch.tensor([min(paths[i - 1][-1], ranked.shape[1] - 1) for i in level_nodes], device=device)
-        tokens[level_nodes] = ranked[pick_row, pick_rank]
-        to_feed = [i for i in level_nodes if i in has_children]
-        if not to_feed:
+    warped = [ctx.warp(ctx.ids, drafter.pending, ctx.length)]  # the root's row, then each fed node's
+    rows = []
+    for level, step in enumerate(plan.levels, start=1):
+        ranked = torch.cat(warped)[step.parent_rows].topk(step.width, dim=-1).indices  # [q, width]
+        tokens[step.nodes] = ranked.gather(1, step.ranks).squeeze(1)
+        if step.feed is None:
             continue
-        tree_part = torch.zeros((len(to_feed), fed_slots + len(to_feed)), dtype=torch.bool)
-        for j, i in enumerate(to_feed):
-            seen_h[i] = seen_h[parent_h[i]] + [fed_slots + j]
-            tree_part[j, seen_h[i]] = True
-            slot_h[i] = fed_slots + j
-        feed_nodes = torch.tensor(to_feed, device=device)
-        level_rows = _feed(drafter, tokens[feed_nodes], torch.full((len(to_feed),), level, device=device),
-                           tree_part.to(device))
+        level_rows = _feed(drafter, tokens[step.feed], torch.full_like(step.feed, level), step.tree_part)
         rows.append(level_rows)
-        fed_slots += len(to_feed)
-        warped = warp_at_nodes(ctx.warp, ctx.ids, ctx.length, level_rows, tokens, parents, feed_nodes)
-        row_of.update({i: warped[j] for j, i in enumerate(to_feed)})
+        warped.append(warp_at_nodes(ctx.warp, ctx.ids, ctx.length, level_rows, tokens, plan.parents, step.feed))
     rows = torch.cat(rows) if rows else drafter.pending.new_zeros((0, drafter.pending.shape[-1]))
-    local = torch.tensor(slot_h, dtype=torch.long, device=device)
-    depths = torch.tensor(depth_h, dtype=torch.long, device=device)
-    return TokenTree(tokens, parents, depths, depth, None, [_source(local, drafter.pending, rows)]), rows
+    depth = len(plan.levels)
+    tree = TokenTree(tokens, plan.parents, plan.depths, depth, None, [_source(plan.local, drafter.pending, rows)])
+    return tree, rows
 
 
 def _grow_chains(drafter, k: int, depth: int, ctx: DraftContext):
