@@ -65,12 +65,12 @@ def zoo_family(n_per_domain: int, prompt_tokens: int):
     return target, drafters, prompts
 
 
-def run_config(target, pool, prompts, tree, policy, do_sample, new_tokens):
+def run_config(target, pool, prompts, tree, policy, do_sample, new_tokens, temperature=1.0):
     totals = dict(new_tokens=0, rounds=0, drafted=0, accepted=0, syncs=0, wall_s=0.0)
     counts = [0] * len(pool)
     for i, (_, prompt) in enumerate(prompts):
         out = hs.generate(target, prompt, drafters=pool, max_new_tokens=new_tokens, tree=tree, policy=policy,
-                          do_sample=do_sample, temperature=1.0, seed=i, eos_token_id=None)
+                          do_sample=do_sample, temperature=temperature, seed=i, eos_token_id=None)
         s = out.stats
         for key, value in (("new_tokens", s.new_tokens), ("rounds", s.rounds), ("drafted", s.drafted_tokens),
                            ("accepted", s.accepted_tokens), ("syncs", s.host_syncs), ("wall_s", s.wall_s)):
@@ -99,6 +99,8 @@ def main(argv=None):
     ap.add_argument("--prompts-per-domain", type=int, default=2)
     ap.add_argument("--policies", default="fixed:best,hedgespec,ucbspec")
     ap.add_argument("--modes", default="greedy,sampling")
+    ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    ap.add_argument("--trees", default=",".join(TREES), help="comma-separated names from TREES")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="2 prompts x 24 tokens, greedy, two configurations")
     ap.add_argument("--json", type=Path)
@@ -111,7 +113,7 @@ def main(argv=None):
         target, drafters, prompts = tiny_family(args.vocab, args.hidden, args.residual_scale, seed=0)
     pool = list(drafters.values()) + [hs.NGramDrafter()]
     names = list(drafters) + ["ngram"]
-    trees = dict(TREES)
+    trees = {name: TREES[name] for name in args.trees.split(",")}
     if args.quick:
         prompts, args.new_tokens, args.modes = prompts[:2], 24, "greedy"
         trees = {k: trees[k] for k in ("chain K=5", "dynamic 5/4/24")}
@@ -125,13 +127,15 @@ def main(argv=None):
     rows = []
     grid = [(m, t, p) for m in args.modes.split(",") for t in trees for p in policies]
     for mode, tree_name, policy in tqdm(grid, desc="configs"):
-        result = run_config(target, pool, prompts, trees[tree_name], policy, mode == "sampling", args.new_tokens)
+        result = run_config(target, pool, prompts, trees[tree_name], policy, mode == "sampling", args.new_tokens,
+                            args.temperature)
         rows.append({"mode": mode, "tree": tree_name, "spec": trees[tree_name], "policy": policy, **result})
 
     meta = {
         "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} {os.cpu_count()} cores",
         "device": "cpu", "threads": args.threads, "torch": torch.__version__, "models": "zoo" if args.zoo else "tiny",
         "drafters": names, "best_fixed": names[best], "prompts": len(prompts), "new_tokens": args.new_tokens,
+        "temperature": args.temperature,
         "load_average": os.getloadavg()[0], "command": "python bench/trees.py " + " ".join(argv or sys.argv[1:]),
     }
     print(f"\n{json.dumps(meta)}")

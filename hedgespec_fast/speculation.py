@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from .cache import gather, truncate
+from .kernels.reference import MAX_TOP_L  # the acceptance kernels' largest L
 from .drafters.base import Beliefs, DraftContext
 from .modeling import forward_logits
 from .tree_verify import verify_tree
@@ -20,8 +21,6 @@ from .trees import (DynamicTree, MultiDraft, SampledChains, StaticTree, TokenTre
                     check_tree_attention, merge_trees, parse_tree, prefix_mask, tree_attention_mask, warp_at_nodes,
                     with_depth)
 from .verify import verify_greedy, verify_sampling
-
-MAX_TOP_L = 8  # the acceptance kernels' largest L
 
 
 @dataclass
@@ -32,8 +31,8 @@ class Verified:
     ----------
     packed : LongTensor ``[n_accepted, nan_flag, e_0 … e_depth, …]`` (strategy-specific tail).
     depth : the most draft tokens this round could accept (the chain length, or the tree depth).
-    target_warped, target_raw : ``[depth + 1, V]`` the target's warped and raw logits at the emitted positions (rows past
-        the emitted ones are padding).
+    target_warped, target_raw : ``[depth + 1, V]`` the target's warped and raw logits at the emitted positions (rows
+        past the emitted ones are padding).
     """
 
     packed: torch.Tensor
@@ -110,6 +109,7 @@ class TreeSpeculation:
         self.depth = shape.depth
         self.top_l = None if shape.top_l is None else min(shape.top_l, MAX_TOP_L)
         self.host_syncs = 0
+        self._guess_rng = None  # multi-draft "chains" under greedy decoding
 
     # -- draft ---------------------------------------------------------------------------------------------------------
     def draft(self, chosen: int, budget: int, ctx: DraftContext, weights) -> int:
@@ -196,6 +196,10 @@ class MultiDraftSpeculation(TreeSpeculation):
     def _grow(self, chosen: int, depth: int, ctx: DraftContext, weights) -> TokenTree:
         shape = self.shape
         if shape.source == "chains":
+            if ctx.generator is None and not self.do_sample:  # greedy: diverse guesses, without touching torch's RNG
+                if self._guess_rng is None:
+                    self._guess_rng = torch.Generator(device=ctx.ids.device).manual_seed(0)
+                ctx = replace(ctx, generator=self._guess_rng)
             trees = [self._grow_one(chosen, SampledChains(shape.k), depth, ctx)]
         elif shape.source == "drafters":
             order = self._ranked(chosen, weights)[: shape.k]

@@ -4,10 +4,10 @@ Every node i gets a *choice* c_i, the token the target emits after node i's pref
 
 * greedy: c_i = argmax p_i;
 * sampling, every child a deterministic proposal (top-k, ranks, greedy chains; q one-hot): c_i ~ p_i. This *is*
-  recursive rejection with one-hot q (accept child x with p'(x), else zero it and renormalise p'): child x_j is accepted
-  with probability Π_{l<j}(1 − p'_l(x_l)) · p'_j(x_j) = p(x_j), and when all are rejected the emitted token follows p with
-  the children zeroed, i.e. p conditioned on "not a child". Drawing c_i ~ p_i and descending iff c_i is a child gives
-  exactly those probabilities with one multinomial for the whole tree;
+  recursive rejection with one-hot q (accept child x with p'(x), else zero it and renormalise p'): child x_j is
+  accepted with probability Π_{l<j}(1 − p'_l(x_l)) · p'_j(x_j) = p(x_j), and when all are rejected the emitted token
+  follows p with the children zeroed, i.e. p conditioned on "not a child". Drawing c_i ~ p_i and descending iff c_i is
+  a child gives exactly those probabilities, with one multinomial for the whole tree;
 * sampling with sampled children (:class:`~.trees.Trials`): the node's trials are tried in order with SpecInfer's rule,
   accept x_t with probability min(1, p'(x_t)/q_t(x_t)), else p' ← norm(max(0, p' − q_t)); c_i is the accepted child's
   token, or a sample of the final p' when every trial is rejected. Each trial is independent of the earlier ones, so
@@ -38,7 +38,7 @@ def verify_tree(tree: TokenTree, target_warped: torch.Tensor, do_sample: bool,
 
     Returns
     -------
-    packed : LongTensor ``[2 + 2(D + 1)]``: ``[n_accepted, nan_flag, e_0 … e_D, path_0 … path_D]`` with D = ``tree.depth``;
+    packed : LongTensor ``[2 + 2(D + 1)]``: ``[n_accepted, nan_flag, e_0 … e_D, path_0 … path_D]``, D = ``tree.depth``;
         the round emits ``e_0 … e_{n_accepted}``; ``path_j`` is the accepted node at depth j (``path_0`` = root) for
         ``j ≤ n_accepted``, padding after.
     path : the ``path`` part of ``packed`` (a view), for gathering rows and KV on device.

@@ -11,17 +11,29 @@ committed prefix and its own ancestors, nothing else, and sit at its true positi
 
 Shapes (``tree=`` of ``hs.generate``, a string or one of the objects below):
 
-==================================  =========================================================================================
-``"depth=5,topk=4,total=32"``       :class:`DynamicTree` (EAGLE-2), also written ``"dynamic:depth=5,topk=4,total=32"``
-``"static:depth=3,topk=2"``         :class:`StaticTree`, every node has the drafter's top-2 tokens as children, 3 levels
-``"paths:[[0],[1],[0,0]]"``         :class:`StaticTree` from Medusa-style rank paths (``[0, 1]``: best token, then its 2nd)
-``"chains:k=4,depth=5"``            :class:`MultiDraft`, the chosen drafter samples 4 chains, merged (SpecInfer)
-``"drafters:k=3,depth=5"``          :class:`MultiDraft`, the chosen drafter and the next 2 by policy weight, a chain each
-``"shared:depth=5,topk=4,total=32"`` :class:`MultiDraft`, the policy's weights share the 32 tree tokens among drafters
-==================================  =========================================================================================
+================================== ====================================================================================
+``"depth=5,topk=4,total=32"``      :class:`DynamicTree` (EAGLE-2), also ``"dynamic:depth=5,topk=4,total=32"``
+``"static:depth=3,topk=2"``        :class:`StaticTree`, every node has the drafter's top-2 tokens as children, 3 levels
+``"paths:[[0],[1],[0,0]]"``        :class:`StaticTree` from Medusa-style rank paths (``[0, 1]``: best token, its 2nd)
+``"chains:k=4,depth=5"``           :class:`MultiDraft`, the chosen drafter samples 4 chains, merged (SpecInfer)
+``"drafters:k=3,depth=5"``         :class:`MultiDraft`, the chosen drafter and the next 2 by policy weight, a chain each
+``"shared:depth=5,topk=4,total=32"`` :class:`MultiDraft`, the policy's weights share 32 tree tokens among drafters
+================================== ====================================================================================
 
 ``depth`` defaults to ``draft_len``; ``topk`` to 4; ``total`` to 32; ``k`` to 4 (chains) or 2 (drafters). A drafter that
 cannot grow a tree (the n-gram drafter, or any drafter without ``propose_tree``) contributes its single chain.
+TapOut's stopping rules end a dynamic tree's growth early (judged on the best frontier node); static trees and chains
+of a multi-draft ignore them.
+
+Learning with trees (ALGORITHMS.md §3). Full information stays what it is for chains (every drafter's logits on the
+true prefix after each round); only γ changes. For top-L trees (static, dynamic, shared) γ_s[i] is the target's mass on
+drafter i's top-L tokens (``topl``; greedy: 1{argmax p ∈ TopL(q_i)}), L = the tree's ``topk`` (most children per node,
+at most 8). A node with deterministic children accepts one of them exactly when the token the target emits there is
+among them, so along the emitted path the chain estimator ``1 + Σ_k Π_{j<k} γ_{s+j}`` of the expected-length loss is the
+expected accepted length of a *full* top-L tree of that depth; the learner keeps it unchanged. A dynamic tree keeps
+only ``total`` of those nodes, so for it the estimate is optimistic by the same pruning for every drafter: it ranks
+drafters by how well their top-L sets cover the target, which is what a tree needs. Chains-based multi-drafts
+(``chains``, ``drafters``) keep the chain γ.
 """
 from __future__ import annotations
 
@@ -259,8 +271,8 @@ class TreeSource:
     Attributes
     ----------
     drafter : the drafter's index in the pool (None until the speculation strategy fills it in).
-    local : LongTensor ``[n]``: per tree node, the drafter's cache slot of the node (``grown``) or the node's position in
-        the drafter's chain (chains: 1 … k), −1 where the node is not the drafter's (or was never fed to it).
+    local : LongTensor ``[n]``: per tree node, the drafter's cache slot of the node (``grown``) or the node's position
+        in the drafter's chain (chains: 1 … k), −1 where the node is not the drafter's (or was never fed to it).
     grown : True when the drafter grew the tree itself (``propose_tree``) and must be told the accepted path
         (``settle_tree``); False for a chain from ``propose``, committed like any chain.
     beliefs : the drafter's distributions at the contexts it drafted from (:class:`~.drafters.base.Beliefs`, rows
@@ -454,8 +466,8 @@ def merge_trees(trees: list[TokenTree]) -> TokenTree:
             width = t.trials.child.shape[1]
             child, q_row = flat[at : at + n * width], flat[at + n * width : at + 2 * n * width]
             at += 2 * n * width
-            edges = [(mapping[i], mapping[child[i * width + s]], q_row[i * width + s] + q_offset if q_row[i * width + s] >= 0 else -1)
-                     for i in range(n) for s in range(width) if child[i * width + s] >= 0]
+            edges = [(mapping[j // width], mapping[c], r + q_offset if r >= 0 else -1)
+                     for j, (c, r) in enumerate(zip(child, q_row)) if c >= 0]
             q_parts.append(t.trials.q)
             q_offset += int(t.trials.q.shape[0])
         for parent, child_node, row in edges:

@@ -45,7 +45,7 @@ def broken_choice(tree, probs, generator):
     return choice
 
 
-# -- the rule alone, on explicit distributions over a 6-token vocabulary -------------------------------------------------
+# -- the rule alone, on explicit distributions over a 6-token vocabulary ----------------------------------------------
 V = 6
 
 
@@ -160,7 +160,7 @@ def _paths(tree):
     return out
 
 
-# -- end to end: hs.generate with trees and multi-draft on a tiny model ---------------------------------------------------
+# -- end to end: hs.generate with trees and multi-draft on a tiny model ------------------------------------------------
 SPECS = ["depth=2,topk=2,total=4", "static:depth=2,topk=2", "chains:k=3,depth=2", "drafters:k=3,depth=2",
          "shared:depth=2,topk=2,total=5"]
 TEMPERATURE, TOP_P = 1.3, 0.95  # flatter than the chain test's: a broken rule shows in fewer draws

@@ -56,9 +56,9 @@ def _source(local: torch.Tensor, pending: torch.Tensor, rows: torch.Tensor) -> T
 
 def _grow_dynamic(drafter, topk: int, total: int, depth: int, ctx: DraftContext):
     """EAGLE-2: the frontier is the ``topk`` best nodes of the newest level by cumulative log-probability; each frontier
-    node is fed and proposes its ``topk`` best children; after ``depth`` levels the ``total`` best nodes are kept. Scores
-    never increase from parent to child, and a stable sort keeps parents ahead of equal-scored children, so the kept
-    set contains every kept node's ancestors. Runs without host syncs (unless a stopping rule or a position-dependent
+    node is fed and proposes its ``topk`` best children; after ``depth`` levels the ``total`` best nodes are kept.
+    Scores never increase from parent to child, and a stable sort keeps parents ahead of equal-scored children, so the
+    kept set contains every kept node's ancestors. Runs without host syncs (unless a stopping rule or a position-dependent
     logits processor needs one)."""
     device = drafter.pending.device
     k = min(topk, drafter.vocab_size)
@@ -84,7 +84,8 @@ def _grow_dynamic(drafter, topk: int, total: int, depth: int, ctx: DraftContext)
         seen = frontier_seen.clone()
         seen[torch.arange(k, device=device), own] = True
         fed_slots += k
-        warped = warp_at_nodes(ctx.warp, ctx.ids, ctx.length, level_rows, torch.cat(tokens), torch.cat(parents), frontier)
+        warped = warp_at_nodes(ctx.warp, ctx.ids, ctx.length, level_rows, torch.cat(tokens), torch.cat(parents),
+                               frontier)
         child_logp, child_token = _log_probs(warped).topk(k, dim=-1)  # [k, k]
         child_score = (frontier_scores[:, None] + child_logp).reshape(-1)
         tokens.append(child_token.reshape(-1))
