@@ -22,18 +22,19 @@ Shapes (``tree=`` of ``hs.generate``, a string or one of the objects below):
 
 ``depth`` defaults to ``draft_len``; ``topk`` to 4; ``total`` to 32; ``k`` to 4 (chains) or 2 (drafters). A drafter that
 cannot grow a tree (the n-gram drafter, or any drafter without ``propose_tree``) contributes its single chain.
-TapOut's stopping rules end a dynamic tree's growth early (judged on the best frontier node); static trees and chains
-of a multi-draft ignore them.
+TapOut's stopping rules end the chosen drafter's chain or dynamic tree early (a tree is judged on its best frontier
+node); static trees and sampled chains ignore them.
 
 Learning with trees (ALGORITHMS.md §3). Full information stays what it is for chains (every drafter's logits on the
 true prefix after each round); only γ changes. For top-L trees (static, dynamic, shared) γ_s[i] is the target's mass on
 drafter i's top-L tokens (``topl``; greedy: 1{argmax p ∈ TopL(q_i)}), L = the tree's ``topk`` (most children per node,
 at most 8). A node with deterministic children accepts one of them exactly when the token the target emits there is
 among them, so along the emitted path the chain estimator ``1 + Σ_k Π_{j<k} γ_{s+j}`` of the expected-length loss is the
-expected accepted length of a *full* top-L tree of that depth; the learner keeps it unchanged. A dynamic tree keeps
-only ``total`` of those nodes, so for it the estimate is optimistic by the same pruning for every drafter: it ranks
-drafters by how well their top-L sets cover the target, which is what a tree needs. Chains-based multi-drafts
-(``chains``, ``drafters``) keep the chain γ.
+expected accepted length of a *full* top-L tree of that depth (exact under greedy decoding; under sampling the same
+one-step counterfactual as for chains); the learner keeps it unchanged. A dynamic tree keeps only ``total`` of those
+nodes, so for it the estimate is optimistic (it ignores the pruning), but it still ranks drafters by how well their
+top-L sets cover the target, which is what a tree needs. Chain-based multi-drafts (``chains``, ``drafters``) keep
+the chain γ.
 """
 from __future__ import annotations
 
