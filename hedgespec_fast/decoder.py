@@ -17,6 +17,9 @@ from .speculation import make_speculation
 from .stats import PHASES, GenerationStats, PhaseTimer, RoundRecord
 
 
+MAX_DEFERRED_ROUNDS = 32
+
+
 class SpeculativeDecoder:
     """Runs one speculative generation. Data flows one way: the policy sees outcomes, never models.
 
@@ -66,6 +69,8 @@ class SpeculativeDecoder:
         policy.begin(len(pool), draft_len, cfg.seed)
         stats.prefill_s = time.perf_counter() - t0
         length, finished = start_len, start_len >= self.max_length
+        tracks = policy.full_information or cfg.record_gamma
+        owed, owed_start = [], start_len  # target rows of rounds whose γ is not computed yet, and where they start
 
         while not finished:
             marks = [timer.mark("select")]
@@ -100,13 +105,18 @@ class SpeculativeDecoder:
                 self.streamer.put(torch.tensor(emitted_list))
 
             marks.append(timer.mark("evaluate"))
-            evaluate = (policy.full_information or cfg.record_gamma) and self._should_evaluate(stats.rounds, stats)
-            beliefs = pool.commit(emitted, emitted_list, accepted_by, evaluate)
+            finished = finished or length + m >= self.max_length
             gamma = None
-            if evaluate:
-                gamma = self.evaluator.gamma(verified.target_warped[:m], verified.target_raw[:m], beliefs, ids, length)
-            if policy.full_information and not evaluate:
-                policy.skip()
+            if tracks:  # full information, possibly deferred: γ covers every position since the last evaluation
+                owed.append((verified.target_warped[:m], verified.target_raw[:m]))
+                evaluate = finished or self._should_evaluate(len(owed), stats)
+                beliefs = pool.commit(emitted, emitted_list, accepted_by, evaluate)
+                if evaluate:
+                    gamma = self.evaluator.gamma(torch.cat([w for w, _ in owed]), torch.cat([r for _, r in owed]),
+                                                 beliefs, ids, owed_start)
+                    owed, owed_start = [], length + m
+            else:
+                pool.commit(emitted, emitted_list, accepted_by, None)
 
             marks.append(timer.mark("update"))
             policy.update(RoundOutcome(chosen, k, n_accepted, m, draft_len, gamma, block_reward))
@@ -119,7 +129,6 @@ class SpeculativeDecoder:
             stats.drafted_tokens += k
             stats.accepted_tokens += n_accepted
             length += m
-            finished = finished or length >= self.max_length
 
         stats.new_tokens = length - start_len
         stats.wall_s = time.perf_counter() - t0 if device.type != "cuda" else self._cuda_wall(t0)
@@ -143,9 +152,13 @@ class SpeculativeDecoder:
                     return emitted[: j + 1], True
         return emitted, False
 
-    def _should_evaluate(self, round_index: int, stats) -> bool:
+    def _should_evaluate(self, deferred_rounds: int, stats) -> bool:
+        """Evaluate every ``eval_every`` rounds, skipping while the learner is confident (``skip_eval_above``), but
+        never defer more than ``MAX_DEFERRED_ROUNDS`` (the owed target rows are kept in memory)."""
         cfg = self.config
-        if round_index % cfg.eval_every:
+        if deferred_rounds >= MAX_DEFERRED_ROUNDS:
+            return True
+        if deferred_rounds < cfg.eval_every:
             return False
         if cfg.skip_eval_above < 1.0:
             weights = self.policy.weights()

@@ -43,8 +43,9 @@ class DrafterPool:
         return self.drafters[index].propose(k, ctx)
 
     def commit(self, emitted: torch.Tensor, emitted_list: list[int], accepted: Sequence[int],
-               evaluate: bool) -> list[Beliefs | None]:
-        """Append the emitted tokens to every drafter; with ``evaluate``, return each one's beliefs on them.
+               evaluate: bool | None) -> list[Beliefs | None]:
+        """Append the emitted tokens to every drafter; with ``evaluate``, return each one's beliefs on every position
+        since the last evaluation (False defers them to a later evaluation, None drops them).
 
         ``accepted[i]``: how many of drafter i's own draft tokens the round accepted (0 for drafters that did not draft;
         with multi-draft several drafters drafted).

@@ -43,13 +43,23 @@ def test_bandits_record_no_gamma_and_skip_evaluation(setup):
     assert all(r.gamma is None for r in out.stats.records)
 
 
-def test_eval_every_skips_rounds(setup):
+def test_eval_every_defers_evaluation_without_losing_positions(setup):
+    """Every third round evaluates every position since the last evaluation (one drafter forward for three rounds);
+    the last round flushes the rest, so the learner still sees every position."""
     target, drafters = setup
     spec = hs.SpecConfig(eval_every=3)
     out = hs.generate(target, torch.tensor([[5, 6, 7]]), drafters=drafters, max_new_tokens=30, spec_config=spec,
                       eos_token_id=None)
-    evaluated = [r.gamma is not None for r in out.stats.records]
-    assert evaluated[0] and not evaluated[1] and not evaluated[2] and evaluated[3]
+    records = out.stats.records
+    evaluated = [i for i, r in enumerate(records) if r.gamma is not None]
+    assert evaluated[:2] == [2, 5] and evaluated[-1] == len(records) - 1
+    assert sum(len(r.gamma[0]) for r in records if r.gamma is not None) == out.stats.new_tokens
+    every_round = hs.generate(target, torch.tensor([[5, 6, 7]]), drafters=drafters, max_new_tokens=30,
+                              policy="fixed:0", eos_token_id=None, spec_config=hs.SpecConfig(record_gamma=True))
+    deferred = hs.generate(target, torch.tensor([[5, 6, 7]]), drafters=drafters, max_new_tokens=30, policy="fixed:0",
+                           eos_token_id=None, spec_config=hs.SpecConfig(record_gamma=True, eval_every=4))
+    flat = lambda o: torch.cat([torch.tensor(r.gamma) for r in o.stats.records if r.gamma is not None], dim=1)
+    torch.testing.assert_close(flat(every_round), flat(deferred), atol=1e-5, rtol=1e-5)
 
 
 def test_expected_length_estimator_matches_realised_lengths_when_sampling():

@@ -60,8 +60,10 @@ class Drafter(Protocol):
     """A drafter keeps its own view of the committed sequence (a KV cache, an n-gram index).
 
     Lifecycle per ``generate`` call: ``prefill(prompt)`` once; then each round at most one ``propose`` and one
-    ``commit`` with the tokens the target emitted. ``commit`` must return the drafter's beliefs at every emitted
-    position (full information) when ``want_beliefs`` is True; otherwise it may defer work until it is next asked.
+    ``commit`` with the tokens the target emitted. ``want_beliefs`` (full information): True → return the drafter's
+    beliefs at every position committed since it last returned beliefs (this round's and any deferred ones, in
+    order); False → defer them (report them at a later True); None → nobody will ask (keep nothing). Deferring lets a
+    model drafter evaluate several rounds in one forward.
 
     Draft trees (optional): a drafter that can grow trees also has ``propose_tree(shape, depth, ctx) -> TokenTree``
     (instead of ``propose``) and ``settle_tree(slots) -> int``, called with the accepted path before ``commit``
@@ -74,4 +76,5 @@ class Drafter(Protocol):
 
     def propose(self, k: int, ctx: DraftContext) -> Proposal: ...
 
-    def commit(self, emitted: torch.Tensor, emitted_list: list[int], n_accepted: int, want_beliefs: bool) -> Beliefs | None: ...
+    def commit(self, emitted: torch.Tensor, emitted_list: list[int], n_accepted: int,
+               want_beliefs: bool | None) -> Beliefs | None: ...

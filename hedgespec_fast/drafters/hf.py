@@ -40,6 +40,8 @@ class HFDrafter:
         self.draft_rows: torch.Tensor | None = None
         self.tree_rows: torch.Tensor | None = None  # [F, V] after propose_tree, until settle_tree
         self.pending = None
+        self.owed: list[torch.Tensor] = []  # logit rows of committed positions not yet reported, in order
+        self.owed_positions = 0
         self._feed(ids.reshape(-1), keep=1)
 
     def _feed(self, tokens: torch.Tensor, keep: int) -> torch.Tensor:
@@ -50,9 +52,16 @@ class HFDrafter:
         return rows
 
     def _catch_up(self) -> None:
-        if self.backlog:
-            tokens = torch.cat(self.backlog)
-            self.backlog = []
+        """Feed the backlog in one forward. Its rows are owed beliefs (but the last, which is ``pending``) when
+        positions are owed; otherwise only the last row is computed."""
+        if not self.backlog:
+            return
+        tokens = torch.cat(self.backlog)
+        self.backlog = []
+        if self.owed_positions:
+            rows = self._feed(tokens, keep=int(tokens.shape[0]))
+            self.owed.append(rows[:-1])  # the last row is ``pending``: it belongs to the next committed position
+        else:
             self._feed(tokens, keep=1)
 
     # -- a round -----------------------------------------------------------------------------------------------------
@@ -110,34 +119,39 @@ class HFDrafter:
         self.tree_rows = None
         return kept
 
-    def commit(self, emitted: torch.Tensor, emitted_list: list[int], n_accepted: int, want_beliefs: bool):
+    def commit(self, emitted: torch.Tensor, emitted_list: list[int], n_accepted: int, want_beliefs: bool | None):
+        """Append the round's emitted tokens.
+
+        ``want_beliefs``: True → :class:`Beliefs` for every position committed since beliefs were last returned (this
+        round's and any deferred ones, in order); False → defer them (keep what reporting them later needs);
+        None → nobody will ask (keep nothing).
+        """
         if self.tree_rows is not None:
             raise RuntimeError(f"drafter {self.name!r} grew a tree that was never settled: call settle_tree first")
         m = int(emitted.shape[0])
         if self.draft_rows is not None:
             # Draft rows 0..n_accepted were computed on the true prefix; so were the first c fed draft tokens.
             valid = min(n_accepted + 1, self.draft_rows.shape[0], m)
-            c = valid - 1
-            known = self.draft_rows[:valid]
-            truncate(self.cache, self.fed + c)
-            self.fed += c
-            to_feed = emitted[c:]
+            truncate(self.cache, self.fed + valid - 1)
+            self.fed += valid - 1
+            known, to_feed = self.draft_rows[:valid], emitted[valid - 1 :]
             self.draft_rows = None
         else:
-            c = 0
-            known = self.pending if not self.backlog else None
-            to_feed = emitted
-        if not want_beliefs:
-            self.backlog.append(to_feed)
-            self.pending = None
+            known, to_feed = (self.pending if not self.backlog else None), emitted
+        self.backlog.append(to_feed)
+        if want_beliefs is None:
+            self.owed, self.owed_positions = [], 0
             return None
-        if known is None:  # beliefs after a backlog: the row for emitted[0] comes from the backlog's last token
-            backlog = torch.cat(self.backlog)
-            self.backlog = []
-            rows = self._feed(torch.cat([backlog, to_feed]), keep=m + 1)
-            return Beliefs(logits=rows[:m])
-        rows = self._feed(to_feed, keep=int(to_feed.shape[0]))
-        return Beliefs(logits=torch.cat([known, rows[: m - known.shape[0]]]))
+        if known is not None:
+            self.owed.append(known)
+        self.owed_positions += m
+        if not want_beliefs:
+            return None
+        self._catch_up()
+        beliefs = torch.cat(self.owed)
+        assert beliefs.shape[0] == self.owed_positions, "owed belief rows out of step with committed positions"
+        self.owed, self.owed_positions = [], 0
+        return Beliefs(logits=beliefs)
 
     def check_compatible(self, target_vocab: int, device: torch.device, dtype: torch.dtype, needed_len: int) -> None:
         """Raise a clear error when this drafter cannot serve the target and prompt at hand."""

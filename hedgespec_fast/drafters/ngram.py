@@ -35,6 +35,7 @@ class NGramDrafter:
         self.index: dict[int, dict[tuple, int]] = {}
 
     def prefill(self, ids: torch.Tensor) -> None:
+        self.owed: list[int] = []  # proposals at committed positions not yet reported
         self.seq = []
         self.index = {n: {} for n in self.sizes}
         for token in ids.reshape(-1).tolist():
@@ -80,14 +81,18 @@ class NGramDrafter:
             ctx.ids[0, ctx.length : ctx.length + len(draft)] = tokens
         return Proposal(tokens=tokens, probs=None)
 
-    def commit(self, emitted: torch.Tensor, emitted_list: list[int], n_accepted: int, want_beliefs: bool):
-        beliefs = []
+    def commit(self, emitted: torch.Tensor, emitted_list: list[int], n_accepted: int, want_beliefs: bool | None):
+        """Append the emitted tokens; ``want_beliefs`` as for :meth:`HFDrafter.commit` (True: every position since the
+        last report, False: defer, None: keep nothing)."""
         for token in emitted_list:
-            guess = self.lookup()
-            beliefs.append(-1 if guess is None else guess)
+            guess = self.lookup() if want_beliefs is not None else None
+            self.owed.append(-1 if guess is None else guess)
             self._append(token)
+        if want_beliefs is None:
+            self.owed = []
         if not want_beliefs:
             return None
+        beliefs, self.owed = self.owed, []
         return Beliefs(tokens=torch.tensor(beliefs, dtype=torch.long, device=emitted.device))
 
     def check_compatible(self, target_vocab: int, device: torch.device, dtype: torch.dtype, needed_len: int) -> None:

@@ -181,9 +181,5 @@ class TapOut(Policy):
         if self.drafter_policy is not None:
             self.drafter_policy.update(outcome)
 
-    def skip(self) -> None:
-        if self.drafter_policy is not None:
-            self.drafter_policy.skip()
-
     def weights(self):
         return self.drafter_policy.weights() if self.drafter_policy is not None else None

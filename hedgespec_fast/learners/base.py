@@ -72,9 +72,6 @@ class Policy(nn.Module):
     def stop_rule(self) -> Callable | None:
         return None
 
-    def skip(self) -> None:
-        """The decoder skipped evaluating a round (system-efficient mode): a gap in the verified positions."""
-
     def weights(self) -> torch.Tensor | None:
         """The current distribution over drafters, when the policy has one."""
         return None

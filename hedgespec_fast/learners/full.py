@@ -63,10 +63,6 @@ class ExpertPolicy(Policy):
                                             loss=self.loss, level=self.level, algo=self.algo, eta=self.eta,
                                             backend=self.backend)
 
-    def skip(self) -> None:
-        """An unevaluated round breaks the run of positions: open windows can no longer complete."""
-        self.stream.reset()
-
     def weights(self) -> torch.Tensor:
         return self.weights_
 
