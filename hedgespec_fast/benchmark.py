@@ -72,12 +72,29 @@ def _encode(tokenizer, text: str, device) -> torch.Tensor:
     return tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids.to(device)
 
 
+def variant(policy: str, spec: SpecConfig | None) -> tuple[str, SpecConfig]:
+    """Split ``"name@key=value,…"`` into the policy name and ``spec`` with those :class:`SpecConfig` fields set."""
+    name, _, options = policy.partition("@")
+    overrides = {}
+    for item in filter(None, options.split(",")):
+        key, _, raw = item.partition("=")
+        try:
+            overrides[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            overrides[key] = raw
+    return name, SpecConfig.from_kwargs(spec, **overrides)
+
+
 def run_policy(policy: str, target, pool: list, tokenizer, prompts: list[Prompt], *, max_new_tokens: int,
                draft_len: int, do_sample: bool, seed: int, warm: bool, spec: SpecConfig | None = None,
                progress=None) -> list[dict]:
-    """Run one policy over a workload; one summary dict per prompt."""
+    """Run one policy over a workload; one summary dict per prompt.
+
+    ``policy`` may carry options for this run only: ``"hedgespec@eval_every=4,loss=acceptance"``.
+    """
     device = next(target.parameters()).device
-    shared = make_policy(policy, len(pool), spec or SpecConfig()) if warm and policy in LEARNING_POLICIES else None
+    name, spec = variant(policy, spec)
+    shared = make_policy(name, len(pool), spec) if warm and name in LEARNING_POLICIES else None
     rows = []
     for index, prompt in enumerate(prompts):
         ids = _encode(tokenizer, prompt.text, device)
@@ -85,7 +102,7 @@ def run_policy(policy: str, target, pool: list, tokenizer, prompts: list[Prompt]
         if policy == BASELINE:
             row = _baseline(target, ids, max_new_tokens, sampling)
         else:
-            out = generate(target, ids, drafters=pool, max_new_tokens=max_new_tokens, policy=shared or policy,
+            out = generate(target, ids, drafters=pool, max_new_tokens=max_new_tokens, policy=shared or name,
                            draft_len=draft_len, spec_config=spec, eos_token_id=None, **sampling)
             s = out.stats
             row = dict(new_tokens=s.new_tokens, rounds=s.rounds, wall_s=s.wall_s, drafter_counts=s.drafter_counts,
