@@ -19,7 +19,7 @@ setup(
         "hedgespec_fast.kernels",
     ],
     package_dir={"hedgespec_fast.kernels": "kernels"},
-    package_data={"hedgespec_fast.zoo": ["weights/*", "weights/**/*"]},
+    package_data={"hedgespec_fast.zoo": ["weights/*", "weights/**/*", "data/*", "data/**/*"]},
     install_requires=[
         "torch>=2.4",
         "transformers>=4.56",

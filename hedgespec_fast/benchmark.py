@@ -63,8 +63,12 @@ def workload(kind: str, domain_prompts: dict[str, list[str]], seed: int = 0, spe
     raise ValueError(f"unknown workload {kind!r}: single:<domain>, mixed, shift or spec_bench")
 
 
+# hedgespec with its drafters evaluated every 4 rounds (one forward each), and with the acceptance-rate loss
+VARIANTS = ("hedgespec@eval_every=4", "hedgespec@loss=acceptance")
+
+
 def default_policies(n_drafters: int, include_baseline: bool = False) -> list[str]:
-    names = list(LEARNING_POLICIES) + [f"fixed:{i}" for i in range(n_drafters)] + ["oracle"]
+    names = list(LEARNING_POLICIES) + list(VARIANTS) + [f"fixed:{i}" for i in range(n_drafters)] + ["oracle"]
     return names + ([BASELINE] if include_baseline else [])
 
 
@@ -87,7 +91,7 @@ def variant(policy: str, spec: SpecConfig | None) -> tuple[str, SpecConfig]:
 
 def run_policy(policy: str, target, pool: list, tokenizer, prompts: list[Prompt], *, max_new_tokens: int,
                draft_len: int, do_sample: bool, seed: int, warm: bool, spec: SpecConfig | None = None,
-               progress=None) -> list[dict]:
+               temperature: float = 1.0, progress=None) -> list[dict]:
     """Run one policy over a workload; one summary dict per prompt.
 
     ``policy`` may carry options for this run only: ``"hedgespec@eval_every=4,loss=acceptance"``.
@@ -98,7 +102,9 @@ def run_policy(policy: str, target, pool: list, tokenizer, prompts: list[Prompt]
     rows = []
     for index, prompt in enumerate(prompts):
         ids = _encode(tokenizer, prompt.text, device)
-        sampling = dict(do_sample=True, temperature=1.0, seed=seed + index) if do_sample else dict(seed=seed + index)
+        sampling = dict(seed=seed + index)
+        if do_sample:
+            sampling.update(do_sample=True, temperature=temperature)
         if policy == BASELINE:
             row = _baseline(target, ids, max_new_tokens, sampling)
         else:
@@ -128,7 +134,8 @@ def _baseline(target, ids, max_new_tokens, sampling) -> dict:
 
 
 def run(target, drafters: dict, tokenizer, workloads: dict[str, list[Prompt]], policies: list[str], *,
-        max_new_tokens: int = 64, draft_len: int = 5, do_sample: bool = False, seed: int = 0, warm: bool = False,
+        max_new_tokens: int = 64, draft_len: int = 5, do_sample: bool = False, temperature: float = 1.0,
+        seed: int = 0, warm: bool = False,
         ngram: bool = True, record: str | Path | None = None, resume: bool = True, spec: SpecConfig | None = None,
         show_progress: bool = True) -> dict:
     """Run every policy on every workload.
@@ -157,7 +164,8 @@ def run(target, drafters: dict, tokenizer, workloads: dict[str, list[Prompt]], p
                 continue
             bar.set_postfix_str(f"{wname} / {policy}")
             rows = run_policy(policy, target, pool, tokenizer, prompts, max_new_tokens=max_new_tokens,
-                              draft_len=draft_len, do_sample=do_sample, seed=seed, warm=warm, spec=spec, progress=bar)
+                              draft_len=draft_len, do_sample=do_sample, seed=seed, warm=warm, spec=spec,
+                              temperature=temperature, progress=bar)
             results[wname][policy] = rows
             if record:
                 record.parent.mkdir(parents=True, exist_ok=True)
@@ -352,8 +360,9 @@ def build_parser(parser=None):
     parser.add_argument("--draft-len", type=int, default=5)
     parser.add_argument("--n-spec-bench", type=int, default=16)
     parser.add_argument("--spec-bench", type=Path, default=None)
-    parser.add_argument("--sample", action="store_true")
-    parser.add_argument("--warm", action="store_true")
+    parser.add_argument("--sample", action="store_true", help="speculative sampling instead of greedy")
+    parser.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (with --sample)")
+    parser.add_argument("--warm", action="store_true", help="learners keep their state across a workload's prompts")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None)
@@ -384,7 +393,7 @@ def main(argv=None, args=None) -> dict:
     policies = args.policies.split(",") if args.policies else default_policies(len(names), include_baseline=True)
     args.out.mkdir(parents=True, exist_ok=True)
     common = dict(max_new_tokens=args.max_new_tokens, draft_len=args.draft_len, do_sample=args.sample,
-                  seed=args.seed, warm=args.warm, resume=not args.no_resume)
+                  temperature=args.temperature, seed=args.seed, warm=args.warm, resume=not args.no_resume)
     results = run(target, drafters, tokenizer, workloads, policies, record=args.out / "record.jsonl", **common)
     expert_of = {d: names.index(d) for d in domains}
     summary = summarize(results, expert_of)
@@ -407,7 +416,8 @@ def main(argv=None, args=None) -> dict:
             print(format_table(pool_summary, "mixed"))
     meta = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name() if args.device == "cuda"
             else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)", "torch": torch.__version__,
-            "command": "hedgespec " + " ".join(argv if argv is not None else sys.argv[1:]), "greedy": not args.sample,
+            "command": "hedgespec " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "decoding": f"sampling T={args.temperature}" if args.sample else "greedy",
             "new tokens": args.max_new_tokens, "K": args.draft_len}
     (args.out / "summary.json").write_text(json.dumps(report, indent=2))
     entry = markdown_entry(summary, f"End-to-end benchmark, {meta['date']}", meta)

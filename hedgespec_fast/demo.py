@@ -24,7 +24,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--prompt-tokens", type=int, default=48)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--draft-len", type=int, default=5)
-    parser.add_argument("--sample", action="store_true", help="speculative sampling (T=1) instead of greedy")
+    parser.add_argument("--sample", action="store_true", help="speculative sampling instead of greedy")
+    parser.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (with --sample)")
     parser.add_argument("--warm", action="store_true", help="learners keep their state across prompts")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -56,9 +57,11 @@ def main(argv=None, args=None) -> dict:
     names = list(drafters) + ["ngram"]
     policies = list(DEMO_POLICIES) + [f"fixed:{i}" for i in range(len(names))] + ["oracle"]
     print(f"zoo: target + drafters {names}; {len(workloads['mixed'])} prompts from {domains} in mixed order; "
-          f"{args.max_new_tokens} new tokens each; {'sampling' if args.sample else 'greedy'}; device {args.device}")
+          f"{args.max_new_tokens} new tokens each; {f'sampling T={args.temperature}' if args.sample else 'greedy'}; "
+          f"device {args.device}")
     results = benchmark.run(target, drafters, tokenizer, workloads, policies, max_new_tokens=args.max_new_tokens,
-                            draft_len=args.draft_len, do_sample=args.sample, seed=args.seed, warm=args.warm)
+                            draft_len=args.draft_len, do_sample=args.sample, temperature=args.temperature,
+                            seed=args.seed, warm=args.warm)
     expert_of = {d: names.index(d) for d in domains}
     summary = benchmark.summarize(results, expert_of)
     print()
