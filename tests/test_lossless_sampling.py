@@ -9,27 +9,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from scipy.stats import chisquare
-from tiny import noisy_copy, tiny_model, truncated_copy
-from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+from sampling_utils import P_ACCEPT, P_REJECT, PROMPT, VOCAB, chi2_pvalue, exact_first_two, tiny_vocab_models
 
 import hedgespec_fast as hs
 import hedgespec_fast.speculation as speculation_module
 from hedgespec_fast.verify import verify_sampling
-
-P_ACCEPT = 1e-3  # a correct sampler fails this once in a thousand runs (seeds are fixed, so it is deterministic)
-P_REJECT = 1e-6
-
-
-def chi2_pvalue(counts: np.ndarray, probs: np.ndarray) -> float:
-    """χ² p-value, pooling cells whose expected count is below 5 into one."""
-    expected = probs * counts.sum()
-    small = expected < 5
-    obs = np.append(counts[~small], counts[small].sum())
-    exp = np.append(expected[~small], expected[small].sum())
-    keep = exp > 0
-    return float(chisquare(obs[keep], exp[keep] * obs[keep].sum() / exp[keep].sum()).pvalue)
-
 
 def _broken_residual(draft, draft_probs, target_warped, generator):
     """Wrong rule: on rejection resample from p itself instead of norm(max(0, p − q))."""
@@ -82,31 +66,12 @@ def test_rule_respects_top_k_support():
 
 
 # -- end to end: hs.generate against the exact distribution of the target's first two tokens ---------------------------
-VOCAB, TEMPERATURE, TOP_P = 8, 0.9, 0.95
-PROMPT = torch.tensor([[2, 3, 4, 2, 3]])
+TEMPERATURE, TOP_P = 0.9, 0.95
 
 
 @pytest.fixture(scope="module")
 def tiny_vocab_setup():
-    target = tiny_model("llama", vocab=VOCAB, init_std=0.3)
-    drafters = [noisy_copy(target, 1.0, 1), truncated_copy(target, 1), hs.NGramDrafter()]
-    return target, drafters
-
-
-def exact_first_two(target) -> np.ndarray:
-    """P(x1, x2 | prompt) under the same warping generate() applies (temperature, then top-p)."""
-    warpers = [TemperatureLogitsWarper(TEMPERATURE), TopPLogitsWarper(TOP_P)]
-
-    def dist(ids):
-        with torch.no_grad():
-            scores = target(ids).logits[:, -1].float()
-        for w in warpers:
-            scores = w(ids, scores)
-        return torch.softmax(scores, -1)[0]
-
-    first = dist(PROMPT)
-    joint = torch.stack([first[a] * dist(torch.cat([PROMPT, torch.tensor([[a]])], 1)) for a in range(VOCAB)])
-    return joint.reshape(-1).double().numpy()
+    return tiny_vocab_models()
 
 
 def sample_first_two(target, drafters, draws, policy):
@@ -122,7 +87,7 @@ def sample_first_two(target, drafters, draws, policy):
 @pytest.mark.slow
 def test_generate_samples_the_target_distribution(tiny_vocab_setup, monkeypatch):
     target, drafters = tiny_vocab_setup
-    exact = exact_first_two(target)
+    exact = exact_first_two(target, TEMPERATURE, TOP_P)
     counts = sample_first_two(target, drafters, 1500, policy="random")  # every drafter kind takes part
     assert chi2_pvalue(counts, exact) > P_ACCEPT
     monkeypatch.setattr(speculation_module, "verify_sampling", _broken_residual)  # the chain strategy's rule

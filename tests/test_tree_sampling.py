@@ -5,9 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_lossless_sampling import P_ACCEPT, P_REJECT, PROMPT, VOCAB, chi2_pvalue
-from tiny import noisy_copy, tiny_model, truncated_copy
-from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+from sampling_utils import P_ACCEPT, P_REJECT, PROMPT, VOCAB, chi2_pvalue, exact_first_two, tiny_vocab_models
 
 import hedgespec_fast as hs
 import hedgespec_fast.tree_verify as tree_verify
@@ -168,25 +166,7 @@ TEMPERATURE, TOP_P = 1.3, 0.95  # flatter than the chain test's: a broken rule s
 
 @pytest.fixture(scope="module")
 def tiny_vocab_setup():
-    target = tiny_model("llama", vocab=VOCAB, init_std=0.3)
-    drafters = [noisy_copy(target, 1.0, 1), truncated_copy(target, 1), hs.NGramDrafter()]
-    return target, drafters
-
-
-def exact_first_two(target) -> np.ndarray:
-    """P(x1, x2 | prompt) under the warping generate() applies (temperature, then top-p)."""
-    warpers = [TemperatureLogitsWarper(TEMPERATURE), TopPLogitsWarper(TOP_P)]
-
-    def dist(ids):
-        with torch.no_grad():
-            scores = target(ids).logits[:, -1].float()
-        for w in warpers:
-            scores = w(ids, scores)
-        return torch.softmax(scores, -1)[0]
-
-    first = dist(PROMPT)
-    joint = torch.stack([first[a] * dist(torch.cat([PROMPT, torch.tensor([[a]])], 1)) for a in range(VOCAB)])
-    return joint.reshape(-1).double().numpy()
+    return tiny_vocab_models()
 
 
 def sample_first_two(target, drafters, seeds):
@@ -204,7 +184,7 @@ def sample_first_two(target, drafters, seeds):
 @pytest.mark.slow
 def test_generate_with_trees_samples_the_target_distribution(tiny_vocab_setup, monkeypatch):
     target, drafters = tiny_vocab_setup
-    exact = exact_first_two(target)
+    exact = exact_first_two(target, TEMPERATURE, TOP_P)
     counts = sample_first_two(target, drafters, range(500, 1500))  # fixed seeds: a deterministic outcome
     assert chi2_pvalue(counts, exact) > P_ACCEPT
     monkeypatch.setattr(tree_verify, "_sampled_choice", broken_choice)
