@@ -128,7 +128,8 @@ def selection_step(device, n_drafters, m, vocab, reps):
     stream = LossStream("expected_length", "token", 5)
     losses = stream.push(torch.rand(n_drafters, m + 4, device=device))
     state = [torch.zeros(n_drafters, device=device) for _ in range(3)]
-    w, step_t = torch.full((n_drafters,), 1.0 / n_drafters, device=device), torch.zeros(1, dtype=torch.long, device=device)
+    w = torch.full((n_drafters,), 1.0 / n_drafters, device=device)
+    step_t = torch.zeros(1, dtype=torch.long, device=device)
     t0 = time.perf_counter()
     for _ in range(reps):
         kernels.hedge_update(losses, *state, w, step_t, algo="normalhedge")
@@ -161,7 +162,8 @@ def main(argv=None):
             "torch": torch.__version__, "threads": args.threads, "date": time.strftime("%Y-%m-%d"),
             "vocab": args.vocab, "draft_len": args.draft_len, "new_tokens": args.new_tokens, "prompts": args.prompts}
     print(f"\n{meta}")
-    head = f"{'policy':<16}{'rounds':>7}{'ms/round':>10}{'forward':>9}{'overhead':>10}{'select':>8}{'update':>8}{'fwd/rd':>8}{'syncs/rd':>9}"
+    head = (f"{'policy':<16}{'rounds':>7}{'ms/round':>10}{'forward':>9}{'overhead':>10}{'select':>8}{'update':>8}"
+            f"{'fwd/rd':>8}{'syncs/rd':>9}")
     print(head)
     for r in rows:
         print(f"{r['policy']:<16}{r['rounds']:>7}{r['ms_per_round']:>10.3f}{r['forward_ms_per_round']:>9.3f}"

@@ -175,7 +175,7 @@ def run(target, drafters: dict, tokenizer, workloads: dict[str, list[Prompt]], p
     return results
 
 
-# -- aggregation ---------------------------------------------------------------------------------------------------------
+# -- aggregation -------------------------------------------------------------------------------------------------------
 def _tokens_after_rounds(row: dict, rounds: int) -> int:
     return sum(row["emitted"][:rounds])
 
@@ -216,7 +216,8 @@ def summarize(results: dict, expert_of: dict[str, int] | None = None) -> dict:
                 "rounds": rounds,
                 "new_tokens": tokens,
                 "drafter_counts": counts,
-                "right_expert_share": (sum(a for a, _ in on_expert) / sum(b for _, b in on_expert)) if on_expert else None,
+                "right_expert_share": (sum(a for a, _ in on_expert) / sum(b for _, b in on_expert)
+                                       if on_expert else None),
                 "per_domain_mat": {d: t / n for d, (t, n) in per_domain.items() if n},
             }
             if oracle is not None and policy != BASELINE:
@@ -296,7 +297,7 @@ def _share_over_stream(ax, rows: list[dict], names: list[str], window: int = 20)
     ax.legend(fontsize=7, loc="lower right")
 
 
-# -- the `hedgespec bench` command ---------------------------------------------------------------------------------------
+# -- the `hedgespec bench` command -------------------------------------------------------------------------------------
 def pool_of_size(size: int, target, drafters: dict, seed: int = 0, noise: float = 0.15) -> dict:
     """``size − 1`` model drafters (+ the n-gram drafter): the zoo's drafters first, then noisy copies of them.
 
@@ -315,7 +316,8 @@ def pool_of_size(size: int, target, drafters: dict, seed: int = 0, noise: float 
         with torch.no_grad():
             for p in clone.parameters():
                 if p.numel() > 1:
-                    p.add_(torch.randn(p.shape, generator=gen).to(p.device, p.dtype) * p.float().std().to(p.dtype) * noise)
+                    scale = p.float().std().to(p.dtype) * noise
+                    p.add_(torch.randn(p.shape, generator=gen).to(p.device, p.dtype) * scale)
         pool[f"{name}~{k // len(base) + 1}"] = clone
         k += 1
     return pool

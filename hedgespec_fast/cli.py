@@ -86,7 +86,8 @@ def _generate(args) -> None:
     names = list(drafters) + ["ngram"]
     s = out.stats
     print(f"\n[{s.policy}] {s.new_tokens} tokens in {s.rounds} target calls: MAT {s.mean_accepted:.2f}, "
-          f"{s.tokens_per_s:.1f} tok/s; rounds per drafter " + ", ".join(f"{n}={c}" for n, c in zip(names, s.drafter_counts)))
+          f"{s.tokens_per_s:.1f} tok/s; rounds per drafter "
+          + ", ".join(f"{n}={c}" for n, c in zip(names, s.drafter_counts)))
 
 
 def _profile(args) -> None:
@@ -126,7 +127,8 @@ def _profile_run(args) -> None:
     out = hs.generate(target, ids, drafters=pool, max_new_tokens=args.max_new_tokens, policy=args.policy,
                       spec_config=hs.SpecConfig(timings="sync"))
     s = out.stats
-    print(f"{s.rounds} rounds, MAT {s.mean_accepted:.2f}, {s.host_syncs} host syncs ({s.host_syncs / s.rounds:.2f}/round)")
+    print(f"{s.rounds} rounds, MAT {s.mean_accepted:.2f}, "
+          f"{s.host_syncs} host syncs ({s.host_syncs / s.rounds:.2f}/round)")
     for phase, seconds in s.phase_seconds.items():
         print(f"  {phase:<9} {1e3 * seconds / s.rounds:8.3f} ms/round")
 

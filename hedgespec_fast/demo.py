@@ -66,7 +66,7 @@ def main(argv=None, args=None) -> dict:
     summary = benchmark.summarize(results, expert_of)
     print()
     print(benchmark.format_table(summary, "mixed"))
-    print(f"\n(fixed:i = always drafter i: " + ", ".join(f"{i}={n}" for i, n in enumerate(names)) + ")\n")
+    print("\n(fixed:i = always drafter i: " + ", ".join(f"{i}={n}" for i, n in enumerate(names)) + ")\n")
     print(per_domain_table(summary, "mixed", domains))
     plot = benchmark.plot(results, "mixed", args.plot,
                           policies=["hedgespec", "ucbspec", "exp3spec", "metasd", "random"])

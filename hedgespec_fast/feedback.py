@@ -110,7 +110,7 @@ class LossStream:
         self.history = None
 
     def extend(self, gamma: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """Add γ ``[N, m]``; return the window ``[N, S]`` (open positions + new ones) and how many losses it releases."""
+        """Add γ ``[N, m]``; return the window ``[N, S]`` (open + new positions) and how many losses it releases."""
         history = gamma if self.history is None else torch.cat([self.history, gamma], dim=1)
         released = history.shape[1] if self.kind == "acceptance" else max(history.shape[1] - self.window + 1, 0)
         self.history = history[:, released:]

@@ -99,7 +99,8 @@ def _oracle(model, input_ids, pool, config, streamer, common) -> SpeculativeOutp
 
 
 def _spec_config(spec_config, policy, draft_len, tree, seed) -> SpecConfig:
-    overrides = {k: v for k, v in dict(policy=policy, draft_len=draft_len, tree=tree, seed=seed).items() if v is not None}
+    given = dict(policy=policy, draft_len=draft_len, tree=tree, seed=seed)
+    overrides = {k: v for k, v in given.items() if v is not None}
     return SpecConfig.from_kwargs(spec_config, **overrides)
 
 
@@ -114,7 +115,9 @@ def custom_generate(model, input_ids, logits_processor, stopping_criteria, gener
     Returns the sequences (or a ``GenerateDecoderOnlyOutput`` with ``return_dict_in_generate=True``).
     """
     if drafters is None:
-        raise ValueError("custom_generate needs drafters=[...] (models sharing the target's vocabulary or hs.NGramDrafter())")
+        raise ValueError(
+            "custom_generate needs drafters=[...] (models sharing the target's vocabulary or hs.NGramDrafter())"
+        )
     mask = model_kwargs.get("attention_mask")
     if mask is not None and not bool((mask == 1).all()):
         raise NotImplementedError("padded prompts are not supported yet: pass one unpadded prompt")

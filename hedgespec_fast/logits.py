@@ -50,7 +50,7 @@ class LogitsWarp:
         return not self.processors
 
     def __call__(self, ids: torch.Tensor, logits: torch.Tensor, start: int) -> torch.Tensor:
-        """Warp ``logits`` whose row ``j`` (of the last dim but one) is the next-token distribution after ``ids[:, :start + j]``.
+        """Warp ``logits`` whose row ``j`` is the next-token distribution after ``ids[:, :start + j]``.
 
         Parameters
         ----------

@@ -13,7 +13,7 @@ def _accepts_logits_to_keep(model_cls) -> bool:
 
 
 def forward_logits(model, tokens: torch.Tensor, cache, keep: int, **extra) -> torch.Tensor:
-    """Feed ``tokens [n]`` (appended after what ``cache`` holds) and return the last ``keep`` rows of logits ``[keep, V]``.
+    """Feed ``tokens [n]`` (appended after what ``cache`` holds); return the last ``keep`` rows of logits ``[keep, V]``.
 
     ``keep = 0`` returns all ``n`` rows. ``extra`` goes to the model (e.g. a 4D ``attention_mask`` and ``position_ids``
     for trees).

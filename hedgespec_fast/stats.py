@@ -133,6 +133,7 @@ class GenerationStats:
         return out
 
     def __repr__(self) -> str:
-        return (f"GenerationStats(policy={self.policy!r}, mean_accepted={self.mean_accepted:.3f}, rounds={self.rounds}, "
+        return (f"GenerationStats(policy={self.policy!r}, mean_accepted={self.mean_accepted:.3f}, "
+                f"rounds={self.rounds}, "
                 f"new_tokens={self.new_tokens}, tokens_per_s={self.tokens_per_s:.1f}, "
                 f"drafter_counts={self.drafter_counts})")

@@ -28,7 +28,7 @@ def _broken_residual(draft, draft_probs, target_warped, generator):
     return torch.cat([n.view(1), torch.zeros(1, dtype=torch.long), emitted])
 
 
-# -- the rule alone, on explicit distributions --------------------------------------------------------------------------
+# -- the rule alone, on explicit distributions ------------------------------------------------------------------------
 def first_token_counts(verify, p_logits, q, trials, deterministic=False, seed=0):
     gen = torch.Generator().manual_seed(seed)
     vocab = p_logits.shape[-1]

@@ -234,7 +234,7 @@ def test_kv_gather_equals_recomputation(arch, shape):
         fresh = new_cache()
         forward_logits(drafter.model, full, fresh, keep=1)
     torch.testing.assert_close(beliefs.logits, expected, atol=1e-4, rtol=1e-4)
-    for (k, v), (fk, fv) in zip(layer_kv(drafter.cache), layer_kv(fresh)):
+    for (k, _), (fk, _) in zip(layer_kv(drafter.cache), layer_kv(fresh)):
         torch.testing.assert_close(k, fk, atol=1e-5, rtol=1e-4)
 
 

@@ -93,7 +93,9 @@ class HFDrafter:
         try:
             return torch.multinomial(probs, 1, generator=generator).view(1)
         except RuntimeError as err:  # NaN / inf logits make an invalid distribution
-            raise ValueError(f"drafter {self.name!r} produced an invalid distribution (NaN or inf logits?): {err}") from err
+            raise ValueError(
+                f"drafter {self.name!r} produced an invalid distribution (NaN or inf logits?): {err}"
+            ) from err
 
     def propose_tree(self, shape, depth: int, ctx: DraftContext) -> TokenTree:
         """Grow a draft tree (``DynamicTree``, ``StaticTree`` or ``SampledChains``) of at most ``depth`` levels.
@@ -157,11 +159,14 @@ class HFDrafter:
         """Raise a clear error when this drafter cannot serve the target and prompt at hand."""
         if self.vocab_size != target_vocab:
             raise ValueError(
-                f"drafter {self.name!r} has a vocabulary of {self.vocab_size} tokens but the target has {target_vocab}: "
+                f"drafter {self.name!r} has a vocabulary of {self.vocab_size} tokens "
+                f"but the target has {target_vocab}: "
                 "drafters must share the target's tokenizer and output vocabulary"
             )
         if self.device != device:
-            raise ValueError(f"drafter {self.name!r} is on {self.device} but the target is on {device}: move it with .to()")
+            raise ValueError(
+                f"drafter {self.name!r} is on {self.device} but the target is on {device}: move it with .to()"
+            )
         if self.dtype != dtype:
             raise ValueError(
                 f"drafter {self.name!r} has dtype {self.dtype} but the target has {dtype}: "

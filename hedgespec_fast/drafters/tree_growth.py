@@ -58,8 +58,8 @@ def _grow_dynamic(drafter, topk: int, total: int, depth: int, ctx: DraftContext)
     """EAGLE-2: the frontier is the ``topk`` best nodes of the newest level by cumulative log-probability; each frontier
     node is fed and proposes its ``topk`` best children; after ``depth`` levels the ``total`` best nodes are kept.
     Scores never increase from parent to child, and a stable sort keeps parents ahead of equal-scored children, so the
-    kept set contains every kept node's ancestors. Runs without host syncs (unless a stopping rule or a position-dependent
-    logits processor needs one)."""
+    kept set contains every kept node's ancestors. Runs without host syncs (unless a stopping rule or a
+    position-dependent logits processor needs one)."""
     device = drafter.pending.device
     k = min(topk, drafter.vocab_size)
     root = ctx.ids[0, ctx.length - 1].view(1)

@@ -114,7 +114,7 @@ DEFAULT_SOURCES: dict[str, DomainSource] = {
     "legal": DomainSource(
         "legal",
         ("/usr/share/common-licenses/*", "/usr/share/doc/*/copyright"),
-        licence="licence texts and Debian copyright files: verbatim copying of licence texts is permitted by each licence",
+        licence="licence texts and Debian copyright files: each licence permits verbatim copying of its text",
     ),
 }
 
