@@ -25,6 +25,7 @@ from .config import SpecConfig
 from .drafters import NGramDrafter
 from .hf import generate
 from .learners import make_policy
+from .modeling import context_length
 
 LEARNING_POLICIES = ("hedgespec", "hedge", "adanormalhedge", "ucbspec", "exp3spec", "metasd", "tapout", "random")
 BASELINE = "target"  # plain target.generate(), no speculation
@@ -72,8 +73,19 @@ def default_policies(n_drafters: int, include_baseline: bool = False) -> list[st
     return names + ([BASELINE] if include_baseline else [])
 
 
-def _encode(tokenizer, text: str, device) -> torch.Tensor:
-    return tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids.to(device)
+def _encode(tokenizer, text: str, device, limit: int | None = None) -> torch.Tensor:
+    """Token ids ``[1, L]``; prompts longer than ``limit`` keep their last ``limit`` tokens (where the question is)."""
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
+    if limit is not None and ids.shape[1] > limit:
+        ids = ids[:, -limit:]
+    return ids.to(device)
+
+
+def _prompt_limit(target, pool: list, max_new_tokens: int) -> int | None:
+    """The longest prompt every model can take with ``max_new_tokens`` more positions."""
+    contexts = [context_length(m) for m in [target] + [getattr(d, "model", d) for d in pool] if hasattr(m, "config")]
+    contexts = [c for c in contexts if c is not None]
+    return min(contexts) - max_new_tokens if contexts else None
 
 
 def variant(policy: str, spec: SpecConfig | None) -> tuple[str, SpecConfig]:
@@ -100,8 +112,9 @@ def run_policy(policy: str, target, pool: list, tokenizer, prompts: list[Prompt]
     name, spec = variant(policy, spec)
     shared = make_policy(name, len(pool), spec) if warm and name in LEARNING_POLICIES else None
     rows = []
+    limit = _prompt_limit(target, pool, max_new_tokens)
     for index, prompt in enumerate(prompts):
-        ids = _encode(tokenizer, prompt.text, device)
+        ids = _encode(tokenizer, prompt.text, device, limit)
         sampling = dict(seed=seed + index)
         if do_sample:
             sampling.update(do_sample=True, temperature=temperature)
