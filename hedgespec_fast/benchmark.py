@@ -336,8 +336,8 @@ def pool_of_size(size: int, target, drafters: dict, seed: int = 0, noise: float 
     return pool
 
 
-def markdown_entry(summary: dict, title: str, meta: dict) -> str:
-    """A dated RESULTS.md section: one table per workload."""
+def markdown_entry(summary: dict, title: str, meta: dict, pool_sizes: dict | None = None) -> str:
+    """A dated RESULTS.md section: one table per workload, then the pool-size sweep if there is one."""
     lines = [f"### {title}", "", "- " + "; ".join(f"{k}: {v}" for k, v in meta.items()), ""]
     for wname, table in summary["workloads"].items():
         lines += [f"**{wname}** (drafters: {', '.join(summary['drafters'])})", "",
@@ -349,7 +349,54 @@ def markdown_entry(summary: dict, title: str, meta: dict) -> str:
             lines.append(f"| {policy} | {e['mean_accepted']:.3f} | {ratio} | {e['tokens_per_s']:.1f} | {e['rounds']} | "
                          f"{share} | {e['drafter_counts']} |")
         lines.append("")
+    if pool_sizes:
+        sizes = sorted(pool_sizes, key=int)
+        policies = list(pool_sizes[sizes[0]])
+        lines += ["**pool-size sweep, mixed workload** (MAT / % of the per-prompt oracle / tok/s)", "",
+                  "| policy | " + " | ".join(f"N = {s}" for s in sizes) + " |", "|---|" + "---|" * len(sizes)]
+        for policy in policies:
+            cells = []
+            for size in sizes:
+                e = pool_sizes[size].get(policy)
+                ratio = f" / {100 * e['mat_vs_oracle']:.0f}%" if e and "mat_vs_oracle" in e else ""
+                cells.append(f"{e['mean_accepted']:.2f}{ratio} / {e['tokens_per_s']:.0f}" if e else "")
+            lines.append(f"| {policy} | " + " | ".join(cells) + " |")
+        lines.append("")
     return "\n".join(lines)
+
+
+def plot_pool_sizes(pool_sizes: dict, path: str | Path) -> Path:
+    """MAT and MAT / oracle against the pool size, one line per policy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = sorted(pool_sizes, key=int)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for policy in pool_sizes[sizes[0]]:
+        xs = [int(s) for s in sizes if policy in pool_sizes[s]]
+        width = 2.5 if policy == "hedgespec" else 1.2
+        left.plot(xs, [pool_sizes[s][policy]["mean_accepted"] for s in sizes if policy in pool_sizes[s]],
+                  marker="o", label=policy, linewidth=width)
+        if policy != "oracle":
+            right.plot(xs, [100 * pool_sizes[s][policy].get("mat_vs_oracle", float("nan"))
+                            for s in sizes if policy in pool_sizes[s]], marker="o", label=policy, linewidth=width)
+    left.set_xlabel("drafters in the pool")
+    left.set_ylabel("mean accepted tokens per target call")
+    left.set_title("MAT vs pool size — mixed workload")
+    right.set_xlabel("drafters in the pool")
+    right.set_ylabel("% of the per-prompt oracle's MAT")
+    right.set_title("share of the oracle vs pool size")
+    for ax in (left, right):
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def _default_spec_bench() -> Path | None:
@@ -429,13 +476,14 @@ def main(argv=None, args=None) -> dict:
             report["pool_sizes"][size] = pool_summary["workloads"]["mixed"]
             print(f"\n== pool of {size} ==")
             print(format_table(pool_summary, "mixed"))
+        plot_pool_sizes(report["pool_sizes"], args.out / "pool_sizes.png")
     meta = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name() if args.device == "cuda"
             else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)", "torch": torch.__version__,
             "command": "hedgespec " + " ".join(argv if argv is not None else sys.argv[1:]),
             "decoding": f"sampling T={args.temperature}" if args.sample else "greedy",
             "new tokens": args.max_new_tokens, "K": args.draft_len}
     (args.out / "summary.json").write_text(json.dumps(report, indent=2))
-    entry = markdown_entry(summary, f"End-to-end benchmark, {meta['date']}", meta)
+    entry = markdown_entry(summary, f"End-to-end benchmark, {meta['date']}", meta, report.get("pool_sizes"))
     (args.out / "results.md").write_text(entry)
     if args.results_md:
         with args.results_md.open("a") as fh:

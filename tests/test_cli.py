@@ -72,3 +72,16 @@ def test_bench_smoke_and_resume(tmp_path):
     assert (tmp_path / "record.jsonl").read_text().splitlines() == lines
     summary = json.loads((tmp_path / "summary.json").read_text())["summary"]["workloads"]["mixed"]
     assert summary["target"]["mean_accepted"] == pytest.approx(1.0)
+
+
+def test_bench_pool_size_sweep(tmp_path):
+    _zoo_or_skip()
+    argv = ["bench", "--workloads", "mixed", "--policies", "hedgespec,oracle", "--per-domain", "1",
+            "--prompt-tokens", "16", "--max-new-tokens", "4", "--pool-sizes", "2,9", "--out", str(tmp_path),
+            "--threads", "1"]
+    cli.main(argv)
+    sweep = json.loads((tmp_path / "summary.json").read_text())["pool_sizes"]
+    assert set(sweep) == {"2", "9"}
+    assert len(sweep["9"]["hedgespec"]["drafter_counts"]) == 9  # 6 zoo drafters, 2 noisy copies, n-gram
+    assert (tmp_path / "pool_sizes.png").stat().st_size > 0
+    assert "pool-size sweep" in (tmp_path / "results.md").read_text()
