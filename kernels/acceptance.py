@@ -169,14 +169,14 @@ def _acceptance_kernel(
             else:  # this chunk's top-L of q by (value desc, index asc); sentinel _BIG when the chunk runs out
                 cand_at = ((d * m + pos) * n_chunks + chunk) * TOP_L
                 avail = in_vocab
-                for l in tl.static_range(TOP_L):
+                for rank in tl.static_range(TOP_L):
                     best, best_at = tl.max(tl.where(avail, q, float("-inf")), axis=0, return_indices=True,
                                            return_indices_tie_break_left=True)
                     idx = chunk * BLOCK_V + best_at
                     if best == float("-inf"):  # only −inf left: the first still-available index (or none)
                         idx = tl.min(tl.where(avail, offs, _BIG), axis=0)
-                    tl.store(ws_f_ptr + F_TOPV + cand_at + l, best)
-                    tl.store(ws_i_ptr + slots + cand_at + l, idx)
+                    tl.store(ws_f_ptr + F_TOPV + cand_at + rank, best)
+                    tl.store(ws_i_ptr + slots + cand_at + rank, idx)
                     avail = avail & (offs != idx)
         tl.debug_barrier()  # all threads' partials are issued before the release below
         arrived = tl.atomic_add(sem_ptr + 2 + 2 * pos, 1)  # acq_rel: publishes the partials
@@ -228,7 +228,7 @@ def _acceptance_kernel(
                 idxs = tl.load(ws_i_ptr + slots + cand_at + kidx, mask=kmask, other=_BIG, cache_modifier=".cg")
                 avail = kmask & (idxs < vocab)
                 gamma = 0.0
-                for l in tl.static_range(TOP_L):  # global top-L: (value desc, index asc) over the candidates
+                for _rank in tl.static_range(TOP_L):  # global top-L: (value desc, index asc) over the candidates
                     best = tl.max(tl.where(avail, vals, float("-inf")), axis=0)
                     idx = tl.min(tl.where(avail & (vals == best), idxs, _BIG), axis=0)
                     avail = avail & (idxs != idx)

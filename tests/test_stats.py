@@ -58,7 +58,10 @@ def test_eval_every_defers_evaluation_without_losing_positions(setup):
                               policy="fixed:0", eos_token_id=None, spec_config=hs.SpecConfig(record_gamma=True))
     deferred = hs.generate(target, torch.tensor([[5, 6, 7]]), drafters=drafters, max_new_tokens=30, policy="fixed:0",
                            eos_token_id=None, spec_config=hs.SpecConfig(record_gamma=True, eval_every=4))
-    flat = lambda o: torch.cat([torch.tensor(r.gamma) for r in o.stats.records if r.gamma is not None], dim=1)
+
+    def flat(o):
+        return torch.cat([torch.tensor(r.gamma) for r in o.stats.records if r.gamma is not None], dim=1)
+
     torch.testing.assert_close(flat(every_round), flat(deferred), atol=1e-5, rtol=1e-5)
 
 

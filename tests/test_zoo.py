@@ -96,7 +96,8 @@ def test_heldout_prompts():
 
 def test_heldout_snippets_come_from_heldout_files():
     for domain in zoo.DOMAINS:
-        lines = [json.loads(l) for l in (zoo.ZOO_DIR / "data" / "heldout" / f"{domain}.jsonl").read_text().splitlines()]
+        path = zoo.ZOO_DIR / "data" / "heldout" / f"{domain}.jsonl"
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
         assert len(lines) >= 20
         for line in lines:
             assert line["domain"] == domain
