@@ -40,6 +40,9 @@ def parse_args(argv=None):
     parser.add_argument("--dry-run", action="store_true", help="CPU, Triton interpreter, tiny shapes")
     parser.add_argument("--target-forward-ms", type=float, default=None,
                         help="a target forward's time, to report the selection step as a fraction of it")
+    parser.add_argument("--measure-target", action="store_true",
+                        help="time a verify forward (m = 9 tokens) of a random-init Llama-3-8B-shaped bf16 model "
+                             "and use it as --target-forward-ms")
     return parser.parse_args(argv)
 
 
@@ -261,6 +264,26 @@ def bench_step(torch, kernels_mod, device, timer, shapes, target_forward_ms):
     return rows
 
 
+def measure_target_forward(torch, device, timer, m=9):
+    """ms of one verify forward of a Llama-3-8B-shaped model (random bf16 weights: the time does not depend on them)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                         num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192)
+    with torch.device(device):
+        torch.set_default_dtype(torch.bfloat16)
+        try:
+            model = LlamaForCausalLM(config).eval()
+        finally:
+            torch.set_default_dtype(torch.float32)
+    ids = torch.randint(0, config.vocab_size, (1, m), device=device)
+    with torch.no_grad():
+        events_us = timer.events(lambda: model(ids, use_cache=False))
+    params = sum(p.numel() for p in model.parameters())
+    return {"model": "Llama-3-8B shape, random bf16", "params": params, "tokens": m, "ms": events_us / 1e3,
+            "weight_floor_ms": 2 * params / 3.0e12 * 1e3}
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.dry_run:
@@ -300,6 +323,12 @@ def main(argv=None):
     results["acceptance"] = bench_acceptance(torch, kernels_mod, device, timer, bandwidth, grid, headline)
     print("4. learner update")
     results["learner"] = bench_learner(torch, kernels_mod, device, timer)
+    if args.measure_target and device.type == "cuda":
+        print("5a. target forward (Llama-3-8B shape, m = 9)")
+        results["target_forward"] = forward = measure_target_forward(torch, device, Timer(torch, device, 10))
+        torch.cuda.empty_cache()  # the model is gone with the function; give its 16 GB back before the timings
+        args.target_forward_ms = forward["ms"]
+        print(f"  {forward['ms']:.2f} ms ({forward['params'] / 1e9:.2f} B params)")
     print("5. whole selection step")
     results["selection_step"] = bench_step(torch, kernels_mod, device, timer, headline, args.target_forward_ms)
     _write(args.out, results)

@@ -55,13 +55,14 @@ def tiny_family(vocab: int, hidden: int, residual_scale: float, seed: int):
     return target, drafters, prompts
 
 
-def zoo_family(n_per_domain: int, prompt_tokens: int):
+def zoo_family(n_per_domain: int, prompt_tokens: int, device: str = "cpu"):
     from hedgespec_fast import zoo
 
-    tokenizer, target, drafters = zoo.load()
+    tokenizer, target, drafters = zoo.load(device=device)
     prompts = []
     for domain, texts in zoo.heldout_prompts(None, n=n_per_domain, prompt_tokens=prompt_tokens).items():
-        prompts += [(domain, tokenizer(t, return_tensors="pt", add_special_tokens=False).input_ids) for t in texts]
+        prompts += [(domain, tokenizer(t, return_tensors="pt", add_special_tokens=False).input_ids.to(device))
+                    for t in texts]
     return target, drafters, prompts
 
 
@@ -102,15 +103,18 @@ def main(argv=None):
     ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
     ap.add_argument("--trees", default=",".join(TREES), help="comma-separated names from TREES")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--quick", action="store_true", help="2 prompts x 24 tokens, greedy, two configurations")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     if args.zoo:
-        target, drafters, prompts = zoo_family(args.prompts_per_domain, 64)
+        target, drafters, prompts = zoo_family(args.prompts_per_domain, 64, args.device)
     else:
         target, drafters, prompts = tiny_family(args.vocab, args.hidden, args.residual_scale, seed=0)
+        target, prompts = target.to(args.device), [(d, p.to(args.device)) for d, p in prompts]
+        drafters = {name: model.to(args.device) for name, model in drafters.items()}
     pool = list(drafters.values()) + [hs.NGramDrafter()]
     names = list(drafters) + ["ngram"]
     trees = {name: TREES[name] for name in args.trees.split(",")}
@@ -133,7 +137,8 @@ def main(argv=None):
 
     meta = {
         "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} {os.cpu_count()} cores",
-        "device": "cpu", "threads": args.threads, "torch": torch.__version__, "models": "zoo" if args.zoo else "tiny",
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "threads": args.threads,
+        "torch": torch.__version__, "models": "zoo" if args.zoo else "tiny",
         "drafters": names, "best_fixed": names[best], "prompts": len(prompts), "new_tokens": args.new_tokens,
         "temperature": args.temperature,
         "load_average": os.getloadavg()[0], "command": "python bench/trees.py " + " ".join(argv or sys.argv[1:]),

@@ -103,8 +103,9 @@ def _profile(args) -> None:
         return
     args.out.mkdir(parents=True, exist_ok=True)
     report = args.out / "hedgespec_profile"
-    cmd = ["ncu", "--nvtx", "--target-processes", "all", "--set", args.ncu_set, "-f", "-o", str(report),
-           sys.executable, "-m", "hedgespec_fast.cli", "profile", "--inner",
+    # Only our kernels are replayed: every HF forward launches dozens of kernels, and ncu replays each one it profiles.
+    cmd = ["ncu", "--nvtx", "--target-processes", "all", "--set", args.ncu_set, "--kernel-name", args.kernels,
+           "--launch-count", str(args.launch_count), "-f", "-o", str(report), sys.executable, "-m", "hedgespec_fast.cli", "profile", "--inner",
            "--max-new-tokens", str(args.max_new_tokens), "--policy", args.policy]
     print("running:", " ".join(cmd))
     subprocess.run(cmd, check=True, env={**os.environ, "HEDGESPEC_NVTX": "1"})
@@ -164,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--policy", default="hedgespec")
     prof.add_argument("--max-new-tokens", type=int, default=32)
     prof.add_argument("--ncu-set", default="basic", help="ncu --set (basic, full, …)")
+    prof.add_argument("--kernels", default="regex:_acceptance_kernel|_hedge_kernel",
+                      help="ncu --kernel-name filter (default: the two Triton kernels of the selection step)")
+    prof.add_argument("--launch-count", type=int, default=40, help="ncu --launch-count: kernels profiled at most")
     prof.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
 
     sub.add_parser("env", help="versions, devices, kernel backend, zoo")

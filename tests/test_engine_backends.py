@@ -12,14 +12,16 @@ pytest.importorskip("triton")
 
 @pytest.mark.parametrize("do_sample", [False, True], ids=["greedy", "sampling"])
 def test_triton_backend_matches_torch_backend(do_sample):
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # Triton runs natively there, interpreted here
     target = tiny_model("llama", seed=6)
-    drafters = drafter_zoo(target, seed=6) + [hs.NGramDrafter()]
-    prompt = torch.tensor([[9, 10, 11, 9, 10]])
+    drafters = [d.to(device) for d in drafter_zoo(target, seed=6)] + [hs.NGramDrafter()]
+    target.to(device)
+    prompt = torch.tensor([[9, 10, 11, 9, 10]], device=device)
     kw = dict(drafters=drafters, max_new_tokens=20, draft_len=3, eos_token_id=None, seed=2, do_sample=do_sample,
               temperature=0.8)
     runs = {}
     for backend in ("torch", "triton"):
-        selector = hs.HedgeSpecSelector(len(drafters), backend=backend)
+        selector = hs.HedgeSpecSelector(len(drafters), backend=backend).to(device)
         runs[backend] = (hs.generate(target, prompt, policy=selector, spec_config=hs.SpecConfig(backend=backend), **kw),
                          selector)
     (ref, ref_sel), (tri, tri_sel) = runs["torch"], runs["triton"]
