@@ -113,6 +113,12 @@ def run_policy(policy: str, target, pool: list, tokenizer, prompts: list[Prompt]
     shared = make_policy(name, len(pool), spec) if warm and name in LEARNING_POLICIES else None
     rows = []
     limit = _prompt_limit(target, pool, max_new_tokens)
+    if device.type == "cuda" and policy != BASELINE and prompts:
+        # Untimed warm-up with a fresh learner: Triton compiles each kernel variant on its first call, which would
+        # otherwise land in the first prompt's wall time.
+        ids = _encode(tokenizer, prompts[0].text, device, limit)
+        generate(target, ids, drafters=pool, max_new_tokens=min(8, max_new_tokens), policy=name, draft_len=draft_len,
+                 spec_config=spec, eos_token_id=None, seed=seed, do_sample=do_sample, temperature=temperature)
     for index, prompt in enumerate(prompts):
         ids = _encode(tokenizer, prompt.text, device, limit)
         sampling = dict(seed=seed + index)

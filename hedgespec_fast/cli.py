@@ -105,7 +105,8 @@ def _profile(args) -> None:
     report = args.out / "hedgespec_profile"
     # Only our kernels are replayed: every HF forward launches dozens of kernels, and ncu replays each one it profiles.
     cmd = ["ncu", "--nvtx", "--target-processes", "all", "--set", args.ncu_set, "--kernel-name", args.kernels,
-           "--launch-count", str(args.launch_count), "-f", "-o", str(report), sys.executable, "-m", "hedgespec_fast.cli", "profile", "--inner",
+           "--launch-count", str(args.launch_count), "-f", "-o", str(report),
+           sys.executable, "-m", "hedgespec_fast.cli", "profile", "--inner",
            "--max-new-tokens", str(args.max_new_tokens), "--policy", args.policy]
     print("running:", " ".join(cmd))
     subprocess.run(cmd, check=True, env={**os.environ, "HEDGESPEC_NVTX": "1"})

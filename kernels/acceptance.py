@@ -302,7 +302,7 @@ def _pow2(x: int) -> int:
 
 
 @functools.lru_cache(maxsize=256)
-def _plan(m, vocab, n_drafters, mode, top_l, block_v, sm_count):
+def _plan(m, vocab, n_drafters, mode, top_l, block_v, sm_count, num_warps=None):
     """Per-shape launch constants, cached (the decode loop repeats a handful of shapes): chunking, workspace
     layout and constexprs. ~4 tiles per SM, chunks of 512..4096 tokens (and no wider than the vocabulary)."""
     if block_v is None:
@@ -315,7 +315,7 @@ def _plan(m, vocab, n_drafters, mode, top_l, block_v, sm_count):
     ws_i = slots + n_drafters * m * n_chunks * top  # int32: argmax indices | top-L indices
     const = dict(MODE=MODE_IDS[mode], TOP_L=max(top, 1), BLOCK_V=block_v, BLOCK_C=_pow2(n_chunks),
                  BLOCK_CL=_pow2(n_chunks * top) if top else 1,
-                 num_warps=8 if block_v >= 4096 else 4 if block_v >= 1024 else 2)
+                 num_warps=num_warps or (8 if block_v >= 4096 else 4 if block_v >= 1024 else 2))
     return n_chunks, ws_f, ws_i, const
 
 
@@ -323,7 +323,7 @@ _NO_LEARNER = dict(FUSED=False, LOSS=0, CHUNK=False, ALGO=0, HAS_ETA=False, HAS_
 
 
 def _launch(target_logits, drafter_logits, hist, col0, temperature, mode, top_k, top_p, top_l, block_v, schedule,
-            learner=None):
+            learner=None, num_warps=None):
     if mode not in MODE_IDS or schedule not in SCHEDULES:
         raise ValueError(f"mode must be one of {reference.MODES} and schedule one of {SCHEDULES}")
     if not 1 <= top_l <= reference.MAX_TOP_L:
@@ -347,7 +347,8 @@ def _launch(target_logits, drafter_logits, hist, col0, temperature, mode, top_k,
     if target_logits.dtype not in _DTYPES or drafters.dtype not in _DTYPES:
         raise TypeError(f"logits must be fp32, fp16 or bf16, got {target_logits.dtype} / {drafters.dtype}")
     device = target_logits.device
-    n_chunks, ws_f_size, ws_i_size, const = _plan(m, vocab, n_drafters, mode, top_l, block_v, _sm_count(device))
+    n_chunks, ws_f_size, ws_i_size, const = _plan(m, vocab, n_drafters, mode, top_l, block_v, _sm_count(device),
+                                                  num_warps)
     workspace = torch.empty(ws_f_size + ws_i_size, dtype=torch.int32, device=device)  # fp32 part, then int32 part
     sem = _semaphores(device, m)
     if learner is None:
@@ -379,15 +380,17 @@ def _gamma_out(out, n_drafters, m, device):
 
 
 def acceptance_probs(target_logits, drafter_logits, temperature=1.0, mode="tv", top_k=0, top_p=1.0, top_l=1, *,
-                     out=None, block_v=None, schedule="fused"):
+                     out=None, block_v=None, schedule="fused", num_warps=None):
     """Triton twin of :func:`reference.acceptance_probs`: γ ``[N, m]`` fp32 in one launch (see the module doc).
 
     Extra keywords: ``out`` (``[N, m]`` fp32, any strides), ``block_v`` (vocabulary chunk, a power of two; None =
-    heuristic), ``schedule`` (``"fused"`` one launch | ``"two_launch"``, tv only).
+    heuristic), ``schedule`` (``"fused"`` one launch | ``"two_launch"``, tv only), ``num_warps`` (None = heuristic;
+    ``block_v`` and ``num_warps`` are the tuning knobs of ``bench/tune_acceptance.py``).
     """
     n_drafters = len(drafter_logits)
     out = _gamma_out(out, n_drafters, target_logits.shape[0], target_logits.device)
-    _launch(target_logits, drafter_logits, out, 0, temperature, mode, top_k, top_p, top_l, block_v, schedule)
+    _launch(target_logits, drafter_logits, out, 0, temperature, mode, top_k, top_p, top_l, block_v, schedule,
+            num_warps=num_warps)
     return out
 
 
