@@ -19,9 +19,10 @@ from gpu_kernels import Timer, copy_bandwidth, logits  # noqa: E402
 
 from hedgespec_fast.kernels import acceptance  # noqa: E402
 
-SHAPES = [(8, 8, 128256), (16, 8, 151936), (8, 1, 128256), (4, 4, 32000)]
-BLOCKS = [256, 512, 1024, 2048, 4096, 8192]
-WARPS = [1, 2, 4, 8]
+SHAPES = [(8, 8, 128256), (16, 8, 151936), (8, 1, 128256)]
+BLOCKS = [512, 1024, 2048, 4096]
+WARPS = [2, 4, 8]
+ROWS = [1, 2, 4, 8]
 
 
 def main(argv=None):
@@ -45,15 +46,17 @@ def main(argv=None):
             for schedule in schedules:
                 for block_v in BLOCKS:
                     for warps in WARPS:
-                        if block_v // (32 * warps) < 4:  # fewer than 4 elements a thread: not worth a compile
-                            continue
-                        us = timer.graph(lambda: acceptance.acceptance_probs(
-                            target, drafters, 1.0, mode, out=out, block_v=block_v, schedule=schedule,
-                            num_warps=warps))
-                        rows.append({"N": n, "m": m, "V": vocab, "mode": mode, "schedule": schedule,
-                                     "block_v": block_v, "num_warps": warps, "graph_us": us, "floor_us": floor})
-                        if us is not None and us < best[0]:
-                            best = (us, f"{schedule} block_v={block_v} warps={warps}")
+                        for group in ROWS:
+                            if block_v // (32 * warps) < 4 or group * block_v > 16384 or group > n:
+                                continue  # too few elements a thread, too many registers, or more rows than drafters
+                            us = timer.graph(lambda: acceptance.acceptance_probs(
+                                target, drafters, 1.0, mode, out=out, block_v=block_v, schedule=schedule,
+                                num_warps=warps, rows=group))
+                            rows.append({"N": n, "m": m, "V": vocab, "mode": mode, "schedule": schedule,
+                                         "block_v": block_v, "num_warps": warps, "rows": group, "graph_us": us,
+                                         "floor_us": floor})
+                            if us is not None and us < best[0]:
+                                best = (us, f"{schedule} block_v={block_v} warps={warps} rows={group}")
             print(f"N{n} m{m} V{vocab} {mode:<6} floor {floor:6.2f} us  heuristic {default:7.2f} us  "
                   f"best {best[0]:7.2f} us ({best[1]})", flush=True)
             rows.append({"N": n, "m": m, "V": vocab, "mode": mode, "heuristic_us": default, "best_us": best[0],

@@ -99,6 +99,19 @@ def _drafter_row(drafter_ptr, offsets_ptr, n, pos, stride_dn, stride_dm, OFFSET_
     return drafter_ptr + start + pos.to(tl.int64) * stride_dm
 
 
+@triton.jit
+def _drafter_rows(drafter_ptr, offsets_ptr, d, d_mask, pos, stride_dn, stride_dm, OFFSET_TABLE: tl.constexpr,
+                  TABLE_ALIGN: tl.constexpr):
+    """Row pointers [ROWS] of drafters ``d`` at position ``pos`` (a group of drafters loaded as one 2D block)."""
+    if OFFSET_TABLE:
+        start = tl.load(offsets_ptr + d, mask=d_mask, other=0)
+        if TABLE_ALIGN > 1:
+            start = tl.multiple_of(start, TABLE_ALIGN)
+    else:
+        start = d.to(tl.int64) * stride_dn
+    return drafter_ptr + start + pos.to(tl.int64) * stride_dm
+
+
 @triton.jit(do_not_specialize=["m", "n_chunks", "col0", "stride_hn", "n_rounds"])
 def _acceptance_kernel(
     target_ptr, drafter_ptr, offsets_ptr, hist_ptr, ws_ptr, sem_ptr, m, n_drafters, vocab, n_chunks, col0,
@@ -108,7 +121,7 @@ def _acceptance_kernel(
     MODE: tl.constexpr, TOP_L: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_CL: tl.constexpr,
     OFFSET_TABLE: tl.constexpr, TABLE_ALIGN: tl.constexpr, SCHEDULE: tl.constexpr, FUSED: tl.constexpr,
     LOSS: tl.constexpr, CHUNK: tl.constexpr, ALGO: tl.constexpr, HAS_ETA: tl.constexpr, HAS_PRIOR: tl.constexpr,
-    SAMPLE: tl.constexpr, BLOCK_N: tl.constexpr,
+    SAMPLE: tl.constexpr, BLOCK_N: tl.constexpr, ROWS: tl.constexpr,
 ):
     # Workspace (one int32 buffer): fp32 stats slots (row r ∈ [0, N], 0 = target; position; chunk) for max | Σexp |
     # argmax value, then the min partials (drafter, position, chunk), then the top-L values (drafter, position, chunk,
@@ -153,20 +166,31 @@ def _acceptance_kernel(
             x_max, x_arg = tl.max(x, axis=0, return_indices=True, return_indices_tie_break_left=True)
             tl.store(ws_f_ptr + F_ARGV + at, x_max)
             tl.store(ws_i_ptr + at, chunk * BLOCK_V + x_arg)
-        for d in range(n_drafters):
-            q_row = _drafter_row(drafter_ptr, offsets_ptr, d, pos, stride_dn, stride_dm, OFFSET_TABLE, TABLE_ALIGN)
-            q = tl.load(q_row + offs, mask=in_vocab, other=float("-inf"), eviction_policy="evict_last")
-            q = q.to(tl.float32)
-            at = ((d + 1) * m + pos) * n_chunks + chunk
-            if MODE == 0:
-                z_max, z_sum = _chunk_stats(q * scale)
-                tl.store(ws_f_ptr + at, z_max)
-                tl.store(ws_f_ptr + F_SUM + at, z_sum)
-            elif MODE == 1:
-                q_max, q_arg = tl.max(q, axis=0, return_indices=True, return_indices_tie_break_left=True)
-                tl.store(ws_f_ptr + F_ARGV + at, q_max)
-                tl.store(ws_i_ptr + at, chunk * BLOCK_V + q_arg)
-            else:  # this chunk's top-L of q by (value desc, index asc); sentinel _BIG when the chunk runs out
+        if MODE <= 1:  # ROWS drafters' chunks per 2D load: more bytes in flight per program than one row at a time
+            rr = tl.arange(0, ROWS)
+            for g in range(0, n_drafters, ROWS):
+                dd = g + rr
+                d_mask = dd < n_drafters
+                rows = _drafter_rows(drafter_ptr, offsets_ptr, dd, d_mask, pos, stride_dn, stride_dm, OFFSET_TABLE,
+                                     TABLE_ALIGN)
+                q_block = tl.load(rows[:, None] + offs[None, :], mask=d_mask[:, None] & in_vocab[None, :],
+                            other=float("-inf"), eviction_policy="evict_last").to(tl.float32)
+                q_at = ((dd + 1) * m + pos) * n_chunks + chunk
+                if MODE == 0:
+                    qz = q_block * scale
+                    qs_max = tl.max(qz, axis=1)
+                    qs_sum = tl.sum(tl.exp2(qz - tl.where(qs_max == float("-inf"), 0.0, qs_max)[:, None]), axis=1)
+                    tl.store(ws_f_ptr + q_at, qs_max, mask=d_mask)
+                    tl.store(ws_f_ptr + F_SUM + q_at, qs_sum, mask=d_mask)
+                else:
+                    qa_max, qa_arg = tl.max(q_block, axis=1, return_indices=True, return_indices_tie_break_left=True)
+                    tl.store(ws_f_ptr + F_ARGV + q_at, qa_max, mask=d_mask)
+                    tl.store(ws_i_ptr + q_at, chunk * BLOCK_V + qa_arg, mask=d_mask)
+        else:  # topl modes: per drafter, this chunk's top-L of q by (value desc, index asc); sentinel _BIG when
+            for d in range(n_drafters):  # the chunk runs out
+                q_row = _drafter_row(drafter_ptr, offsets_ptr, d, pos, stride_dn, stride_dm, OFFSET_TABLE, TABLE_ALIGN)
+                q = tl.load(q_row + offs, mask=in_vocab, other=float("-inf"), eviction_policy="evict_last")
+                q = q.to(tl.float32)
                 cand_at = ((d * m + pos) * n_chunks + chunk) * TOP_L
                 avail = in_vocab
                 for rank in tl.static_range(TOP_L):
@@ -190,13 +214,27 @@ def _acceptance_kernel(
         p_max, p_sum = _merged_stats(ws_f_ptr, pos * n_chunks, F_SUM + pos * n_chunks, cidx, n_chunks)
         p = tl.load(target_row + offs, mask=in_vocab, other=float("-inf"), eviction_policy="evict_first")
         p = tl.exp2(p.to(tl.float32) * scale - p_max) * (1.0 / p_sum)
-        for d in range(n_drafters):
-            at = ((d + 1) * m + pos) * n_chunks
-            q_max, q_sum = _merged_stats(ws_f_ptr, at, F_SUM + at, cidx, n_chunks)
-            q_row = _drafter_row(drafter_ptr, offsets_ptr, d, pos, stride_dn, stride_dm, OFFSET_TABLE, TABLE_ALIGN)
-            q = tl.load(q_row + offs, mask=in_vocab, other=float("-inf"), eviction_policy="evict_first")
-            q = tl.exp2(q.to(tl.float32) * scale - q_max) * (1.0 / q_sum)
-            tl.store(ws_f_ptr + F_MIN + (d * m + pos) * n_chunks + chunk, tl.sum(tl.minimum(p, q), axis=0))
+        rr = tl.arange(0, ROWS)
+        c_mask = cidx < n_chunks
+        for g in range(0, n_drafters, ROWS):
+            dd = g + rr
+            d_mask = dd < n_drafters
+            s_at = ((dd + 1) * m + pos) * n_chunks
+            s_mask = d_mask[:, None] & c_mask[None, :]
+            maxes = tl.load(ws_f_ptr + s_at[:, None] + cidx[None, :], mask=s_mask, other=float("-inf"),
+                            cache_modifier=".cg")
+            sums = tl.load(ws_f_ptr + F_SUM + s_at[:, None] + cidx[None, :], mask=s_mask, other=0.0,
+                           cache_modifier=".cg")
+            q_max = tl.max(maxes, axis=1)
+            q_max = tl.where(q_max == float("-inf"), 0.0, q_max)
+            q_sum = tl.sum(sums * tl.exp2(maxes - q_max[:, None]), axis=1)
+            rows = _drafter_rows(drafter_ptr, offsets_ptr, dd, d_mask, pos, stride_dn, stride_dm, OFFSET_TABLE,
+                                 TABLE_ALIGN)
+            q = tl.load(rows[:, None] + offs[None, :], mask=d_mask[:, None] & in_vocab[None, :], other=float("-inf"),
+                        eviction_policy="evict_first")
+            q = tl.exp2(q.to(tl.float32) * scale - q_max[:, None]) * (1.0 / q_sum)[:, None]
+            part = tl.sum(tl.minimum(p[None, :], q), axis=1)
+            tl.store(ws_f_ptr + F_MIN + (dd * m + pos) * n_chunks + chunk, part, mask=d_mask)
         tl.debug_barrier()
         arrived = tl.atomic_add(sem_ptr + 3 + 2 * pos, 1)
         finisher = arrived == n_chunks - 1
@@ -302,18 +340,20 @@ def _pow2(x: int) -> int:
 
 
 @functools.lru_cache(maxsize=256)
-def _plan(m, vocab, n_drafters, mode, top_l, block_v, sm_count, num_warps=None):
+def _plan(m, vocab, n_drafters, mode, top_l, block_v, sm_count, num_warps=None, rows=None):
     """Per-shape launch constants, cached (the decode loop repeats a handful of shapes): chunking, workspace
     layout and constexprs. ~4 tiles per SM, chunks of 512..4096 tokens (and no wider than the vocabulary)."""
     if block_v is None:
         per_tile = -(-m * vocab // (4 * sm_count))
         block_v = min(max(_pow2(per_tile), 512), 4096, max(_pow2(vocab), 16))
     n_chunks = -(-vocab // block_v)
+    # tv / greedy load ROWS drafters' chunks at once (≤ 8192 elements a block: registers, not spills)
+    rows = rows or min(_pow2(n_drafters), max(1, 8192 // block_v))
     top = top_l if mode in ("topl", "topl_greedy") else 0
     slots = (n_drafters + 1) * m * n_chunks
     ws_f = 3 * slots + n_drafters * m * n_chunks * (1 + top)  # fp32: stats | argmax values | min partials | top-L
     ws_i = slots + n_drafters * m * n_chunks * top  # int32: argmax indices | top-L indices
-    const = dict(MODE=MODE_IDS[mode], TOP_L=max(top, 1), BLOCK_V=block_v, BLOCK_C=_pow2(n_chunks),
+    const = dict(MODE=MODE_IDS[mode], TOP_L=max(top, 1), BLOCK_V=block_v, BLOCK_C=_pow2(n_chunks), ROWS=rows,
                  BLOCK_CL=_pow2(n_chunks * top) if top else 1,
                  num_warps=num_warps or (8 if block_v >= 4096 else 4 if block_v >= 1024 else 2))
     return n_chunks, ws_f, ws_i, const
@@ -323,7 +363,7 @@ _NO_LEARNER = dict(FUSED=False, LOSS=0, CHUNK=False, ALGO=0, HAS_ETA=False, HAS_
 
 
 def _launch(target_logits, drafter_logits, hist, col0, temperature, mode, top_k, top_p, top_l, block_v, schedule,
-            learner=None, num_warps=None):
+            learner=None, num_warps=None, rows=None):
     if mode not in MODE_IDS or schedule not in SCHEDULES:
         raise ValueError(f"mode must be one of {reference.MODES} and schedule one of {SCHEDULES}")
     if not 1 <= top_l <= reference.MAX_TOP_L:
@@ -348,7 +388,7 @@ def _launch(target_logits, drafter_logits, hist, col0, temperature, mode, top_k,
         raise TypeError(f"logits must be fp32, fp16 or bf16, got {target_logits.dtype} / {drafters.dtype}")
     device = target_logits.device
     n_chunks, ws_f_size, ws_i_size, const = _plan(m, vocab, n_drafters, mode, top_l, block_v, _sm_count(device),
-                                                  num_warps)
+                                                  num_warps, rows)
     workspace = torch.empty(ws_f_size + ws_i_size, dtype=torch.int32, device=device)  # fp32 part, then int32 part
     sem = _semaphores(device, m)
     if learner is None:
@@ -380,17 +420,18 @@ def _gamma_out(out, n_drafters, m, device):
 
 
 def acceptance_probs(target_logits, drafter_logits, temperature=1.0, mode="tv", top_k=0, top_p=1.0, top_l=1, *,
-                     out=None, block_v=None, schedule="fused", num_warps=None):
+                     out=None, block_v=None, schedule="fused", num_warps=None, rows=None):
     """Triton twin of :func:`reference.acceptance_probs`: γ ``[N, m]`` fp32 in one launch (see the module doc).
 
     Extra keywords: ``out`` (``[N, m]`` fp32, any strides), ``block_v`` (vocabulary chunk, a power of two; None =
-    heuristic), ``schedule`` (``"fused"`` one launch | ``"two_launch"``, tv only), ``num_warps`` (None = heuristic;
-    ``block_v`` and ``num_warps`` are the tuning knobs of ``bench/tune_acceptance.py``).
+    heuristic), ``schedule`` (``"fused"`` one launch | ``"two_launch"``, tv only), ``num_warps`` and ``rows``
+    (drafters per 2D load in tv / greedy, a power of two); None = heuristic. ``block_v``, ``num_warps``, ``rows`` and
+    ``schedule`` are the knobs of ``bench/tune_acceptance.py``.
     """
     n_drafters = len(drafter_logits)
     out = _gamma_out(out, n_drafters, target_logits.shape[0], target_logits.device)
     _launch(target_logits, drafter_logits, out, 0, temperature, mode, top_k, top_p, top_l, block_v, schedule,
-            num_warps=num_warps)
+            num_warps=num_warps, rows=rows)
     return out
 
 
