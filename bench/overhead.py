@@ -130,6 +130,9 @@ def selection_step(device, n_drafters, m, vocab, reps):
     state = [torch.zeros(n_drafters, device=device) for _ in range(3)]
     w = torch.full((n_drafters,), 1.0 / n_drafters, device=device)
     step_t = torch.zeros(1, dtype=torch.long, device=device)
+    kernels.hedge_update(losses, *state, w, step_t, algo="normalhedge")  # warm-up: the first CUDA call compiles
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(reps):
         kernels.hedge_update(losses, *state, w, step_t, algo="normalhedge")
