@@ -286,6 +286,12 @@ def plot(results: dict, workload_name: str, path: str | Path, policies: list[str
     left.legend(fontsize=8, ncol=2)
     if "hedgespec" in per_policy:
         _share_over_stream(right, per_policy["hedgespec"], names)
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -397,12 +403,7 @@ def plot_pool_sizes(pool_sizes: dict, path: str | Path) -> Path:
     for ax in (left, right):
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _default_spec_bench() -> Path | None:
