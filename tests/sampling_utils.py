@@ -45,3 +45,15 @@ def exact_first_two(target, temperature: float, top_p: float) -> np.ndarray:
     first = dist(PROMPT)
     joint = torch.stack([first[a] * dist(torch.cat([PROMPT, torch.tensor([[a]])], 1)) for a in range(VOCAB)])
     return joint.reshape(-1).double().numpy()
+
+
+def generated_first_two(target, drafters, seeds, kwargs_for_seed) -> np.ndarray:
+    """Counts ``[V·V]`` of the first two tokens ``hs.generate`` samples after PROMPT, one draw per seed, with the
+    generate keywords ``kwargs_for_seed(seed)`` (so a test can vary the policy or draft shape per draw)."""
+    counts = np.zeros(VOCAB * VOCAB, dtype=np.int64)
+    for seed in seeds:
+        out = hs.generate(target, PROMPT, drafters=drafters, do_sample=True, seed=seed, eos_token_id=None,
+                          **kwargs_for_seed(seed))
+        a, b = out.sequences[0, PROMPT.shape[1]: PROMPT.shape[1] + 2].tolist()
+        counts[a * VOCAB + b] += 1
+    return counts

@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from sampling_utils import P_ACCEPT, P_REJECT, PROMPT, VOCAB, chi2_pvalue, exact_first_two, tiny_vocab_models
+from sampling_utils import (P_ACCEPT, P_REJECT, chi2_pvalue, exact_first_two, generated_first_two,
+                            tiny_vocab_models)
 
-import hedgespec_fast as hs
 import hedgespec_fast.speculation as speculation_module
 from hedgespec_fast.verify import verify_sampling
 
@@ -75,13 +75,8 @@ def tiny_vocab_setup():
 
 
 def sample_first_two(target, drafters, draws, policy):
-    counts = np.zeros(VOCAB * VOCAB, dtype=np.int64)
-    for seed in range(draws):
-        out = hs.generate(target, PROMPT, drafters=drafters, max_new_tokens=3, draft_len=2, do_sample=True,
-                          temperature=TEMPERATURE, top_p=TOP_P, seed=seed, policy=policy, eos_token_id=None)
-        a, b = out.sequences[0, PROMPT.shape[1]: PROMPT.shape[1] + 2].tolist()
-        counts[a * VOCAB + b] += 1
-    return counts
+    kwargs = dict(max_new_tokens=3, draft_len=2, temperature=TEMPERATURE, top_p=TOP_P, policy=policy)
+    return generated_first_two(target, drafters, range(draws), lambda seed: kwargs)
 
 
 @pytest.mark.slow

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from sampling_utils import P_ACCEPT, P_REJECT, PROMPT, VOCAB, chi2_pvalue, exact_first_two, tiny_vocab_models
+from sampling_utils import (P_ACCEPT, P_REJECT, chi2_pvalue, exact_first_two, generated_first_two,
+                            tiny_vocab_models)
 
-import hedgespec_fast as hs
 import hedgespec_fast.tree_verify as tree_verify
 from hedgespec_fast.tree_verify import verify_tree
 from hedgespec_fast.trees import TokenTree, Trials, chain_tree, merge_trees
@@ -171,14 +171,8 @@ def tiny_vocab_setup():
 
 def sample_first_two(target, drafters, seeds):
     """Each draw uses one of the tree kinds in turn (and a random drafter), so all of them feed the one χ² test."""
-    counts = np.zeros(VOCAB * VOCAB, dtype=np.int64)
-    for seed in seeds:
-        out = hs.generate(target, PROMPT, drafters=drafters, max_new_tokens=2, tree=SPECS[seed % len(SPECS)],
-                          do_sample=True, temperature=TEMPERATURE, top_p=TOP_P, seed=seed, policy="random",
-                          eos_token_id=None)
-        a, b = out.sequences[0, PROMPT.shape[1]:].tolist()
-        counts[a * VOCAB + b] += 1
-    return counts
+    return generated_first_two(target, drafters, seeds, lambda seed: dict(
+        max_new_tokens=2, tree=SPECS[seed % len(SPECS)], temperature=TEMPERATURE, top_p=TOP_P, policy="random"))
 
 
 @pytest.mark.slow
