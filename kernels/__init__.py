@@ -3,7 +3,8 @@
 ``acceptance_probs`` (γ of every drafter at every verified position) and ``hedge_update`` (loss → learner state →
 weights → choice) each have a Triton implementation and a plain-torch twin in ``reference.py`` with the same
 signature. ``backend="auto"`` takes Triton for CUDA tensors when Triton is importable and torch otherwise;
-``"triton"`` / ``"torch"`` force one. The environment variable ``HEDGESPEC_BACKEND`` (auto | triton | torch)
+``"triton"`` / ``"torch"`` force one; the learner update on CPU tensors runs in NumPy (``host.py``, backend
+``"host"``, what ``"auto"`` picks there). The environment variable ``HEDGESPEC_BACKEND`` (auto | triton | torch)
 overrides the argument, e.g. to run the Triton path on CPU under ``TRITON_INTERPRET=1``.
 
 Fused entry points (same dispatch, twins in ``reference.py``): ``hedge_update_from_gamma`` (γ window → losses →
@@ -21,9 +22,10 @@ import os
 import torch
 
 from . import reference
-from .reference import ALGOS, LEVELS, LOSSES, MODES, choose, expected_length_losses, gamma_losses, warp_logits
+from .reference import (ALGOS, LEVELS, LOSSES, MODES, choose, expected_length_losses, gamma_losses, throughput_awake,
+                        throughput_losses, warp_logits)
 
-BACKENDS = ("auto", "triton", "torch")
+BACKENDS = ("auto", "triton", "torch", "host")
 ENV_BACKEND = "HEDGESPEC_BACKEND"
 
 __all__ = [
@@ -33,6 +35,8 @@ __all__ = [
     "acceptance_and_update",
     "expected_length_losses",
     "gamma_losses",
+    "throughput_losses",
+    "throughput_awake",
     "warp_logits",
     "choose",
     "resolve_backend",
@@ -59,13 +63,20 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """Return ``"triton"`` or ``"torch"`` for tensors on ``device``; the env variable wins over ``backend``."""
+def resolve_backend(backend: str, device: torch.device, learner: bool = False) -> str:
+    """Return ``"triton"``, ``"torch"`` or (``learner``: the learner update, whose CPU path is NumPy) ``"host"`` for
+    tensors on ``device``; the env variable wins over ``backend``. ``"host"`` asked for γ means torch."""
     chosen = os.environ.get(ENV_BACKEND, "").strip().lower() or backend
     if chosen not in BACKENDS:
         raise ValueError(f"unknown kernel backend {chosen!r}; expected one of {BACKENDS} (argument or ${ENV_BACKEND})")
+    if chosen == "host":
+        if device.type != "cpu":
+            raise RuntimeError(f"backend='host' runs the learner update on the CPU, got {device.type} tensors")
+        return "host" if learner else "torch"
     if chosen == "auto":
-        return "triton" if device.type == "cuda" and triton_available() else "torch"
+        if device.type == "cuda" and triton_available():
+            return "triton"
+        return "host" if learner and device.type == "cpu" else "torch"
     if chosen == "triton":
         if not triton_available():
             raise RuntimeError("backend='triton' was asked for but triton is not installed: pip install triton")
@@ -91,12 +102,22 @@ def acceptance_probs(target_logits, drafter_logits, temperature=1.0, mode="tv", 
 
 
 def hedge_update(losses, regret, abs_regret, cum_loss, weights, step, *, algo="normalhedge", eta=None, prior=None,
-                 u=None, backend="auto", out=None):
-    """Apply ``T`` learner rounds in place and return the next choice; see :func:`reference.hedge_update`."""
+                 u=None, backend="auto", out=None, awake=None):
+    """Apply ``T`` learner rounds in place and return the next choice; see :func:`reference.hedge_update`.
+
+    ``awake [T, N]`` (sleeping experts) is exact on the torch and host paths; the Triton kernel has no mask, so there
+    the asleep entries are charged the awake mean under the weights before the call (exact for T = 1)."""
     kwargs = dict(algo=algo, eta=eta, prior=prior, u=u, out=out)
-    if resolve_backend(backend, weights.device) == "triton":
+    chosen = resolve_backend(backend, weights.device, learner=True)
+    if chosen == "triton":
+        if awake is not None:
+            losses = torch.stack([reference._charge_asleep(row, weights, mask)
+                                  for row, mask in zip(losses.float(), awake.bool())])
         return _triton_module("hedge").hedge_update(losses, regret, abs_regret, cum_loss, weights, step, **kwargs)
-    return reference.hedge_update(losses, regret, abs_regret, cum_loss, weights, step, **kwargs)
+    if chosen == "host":
+        return _triton_module("host").hedge_update(losses, regret, abs_regret, cum_loss, weights, step, awake=awake,
+                                                   **kwargs)
+    return reference.hedge_update(losses, regret, abs_regret, cum_loss, weights, step, awake=awake, **kwargs)
 
 
 def hedge_update_from_gamma(gamma, regret, abs_regret, cum_loss, weights, step, *, draft_len=1, loss="expected_length",
@@ -104,9 +125,18 @@ def hedge_update_from_gamma(gamma, regret, abs_regret, cum_loss, weights, step, 
     """Losses of a γ window ``[N, S]`` + ``T`` learner rounds + next choice (one launch on Triton); see
     :func:`reference.hedge_update_from_gamma`."""
     kwargs = dict(draft_len=draft_len, loss=loss, level=level, algo=algo, eta=eta, prior=prior, u=u, out=out)
-    if resolve_backend(backend, weights.device) == "triton":
+    chosen = resolve_backend(backend, weights.device, learner=True)
+    if chosen == "triton":
         return _triton_module("hedge").hedge_update_from_gamma(gamma, regret, abs_regret, cum_loss, weights, step,
                                                                **kwargs)
+    if chosen == "host":
+        if level not in LEVELS:
+            raise ValueError(f"unknown level {level!r}; expected one of {LEVELS}")
+        losses = gamma_losses(gamma, loss, draft_len)
+        if level == "chunk" and losses.shape[0] > 1:
+            losses = losses.mean(dim=0, keepdim=True)
+        return hedge_update(losses, regret, abs_regret, cum_loss, weights, step, algo=algo, eta=eta, prior=prior, u=u,
+                            backend="host", out=out)
     return reference.hedge_update_from_gamma(gamma, regret, abs_regret, cum_loss, weights, step, **kwargs)
 
 

@@ -159,6 +159,61 @@ def expected_length_losses(gamma: torch.Tensor, draft_len: int) -> torch.Tensor:
     return (1.0 - expected / (draft_len + 1)).t().contiguous()
 
 
+def throughput_losses(gamma: torch.Tensor, draft_lens: Sequence[int], arm_seconds: torch.Tensor) -> torch.Tensor:
+    """Loss of the expected tokens per second of every (drafter, K) arm, for every complete window.
+
+    Arms are laid out as ``[no draft] + [(i, K) for i in drafters for K in draft_lens]``. For a round started at
+    position s, arm (i, K) emits ÂL_s[i; K] = 1 + Σ_{k=1..K} Π_{j<k} γ_{s+j}[i] tokens in expectation (HedgeSpec
+    Thm 3's one-step counterfactual, exact under greedy; the no-draft arm emits 1) and costs C(i, K) seconds (the cost
+    model), so its rate is r = ÂL / C. The loss is the bounded, decreasing affine transform
+
+        ℓ_s(i, K) = 1 − r_s(i, K) · C_min / (K_max + 1)  ∈ [0, 1],
+
+    with C_min the cheapest arm's cost: r ≤ (K_max + 1) / C_min because ÂL ≤ K + 1 and C ≥ C_min. Minimising these
+    losses maximises Σ_s r_s, so a no-regret learner over them has regret O(sqrt(T ln E)) · (K_max + 1) / C_min in
+    tokens per second against the best fixed arm, as long as the costs it was given are the arms' true costs.
+
+    Parameters
+    ----------
+    gamma : Tensor ``[N, S]`` fp32, γ of consecutive verified positions (NaN where a drafter was not evaluated: the
+        windows that need it come out NaN, to be treated as asleep).
+    draft_lens : the K of the arms (each in 1..K_max; K_max = max).
+    arm_seconds : Tensor ``[1 + N·L]`` fp32 > 0, each arm's expected round seconds, in arm order.
+
+    Returns
+    -------
+    Tensor ``[max(S − K_max + 1, 0), 1 + N·L]`` fp32.
+    """
+    n, s = gamma.shape
+    lens = list(draft_lens)
+    k_max = max(lens)
+    arms = 1 + n * len(lens)
+    if arm_seconds.numel() != arms:
+        raise ValueError(f"arm_seconds has {arm_seconds.numel()} entries for {arms} arms")
+    if s < k_max:
+        return gamma.new_zeros((0, arms))
+    windows = gamma.float().unfold(1, k_max, 1)  # [N, T, K_max]
+    expected = 1.0 + windows.cumprod(dim=-1).cumsum(dim=-1)  # [N, T, K_max]: ÂL for K = 1..K_max
+    index = torch.tensor(lens, device=gamma.device) - 1
+    chosen = expected.index_select(-1, index)  # [N, T, L]
+    steps = chosen.shape[1]
+    tokens = torch.cat([chosen.new_ones((steps, 1)), chosen.permute(1, 0, 2).reshape(steps, -1)], dim=1)
+    seconds = arm_seconds.to(device=gamma.device, dtype=torch.float32)
+    scale = seconds.min() / (k_max + 1)
+    return (1.0 - tokens / seconds * scale).clamp(0.0, 1.0)  # NaN stays NaN: a window with an unknown γ
+
+
+def throughput_awake(awake: torch.Tensor, draft_lens: Sequence[int]) -> torch.Tensor:
+    """Which arms were awake at each released window's first position: ``[T, 1 + N·L]`` bool (the arm layout of
+    :func:`throughput_losses`). An arm of drafter i is awake where drafter i has a proposal (``awake [N, S]``; a
+    model always has one, n-gram lookup only where it finds a match); the no-draft arm always is."""
+    n, s = awake.shape
+    lens = list(draft_lens)
+    steps = max(s - max(lens) + 1, 0)
+    first = awake[:, :steps].t()  # [T, N]
+    return torch.cat([first.new_ones((steps, 1)), first.repeat_interleave(len(lens), dim=1)], dim=1)
+
+
 def _normalhedge_scale(regret: torch.Tensor) -> torch.Tensor:
     """c > 0 with mean_i exp([R_i]₊² / (2c)) = e, searched on log c.
 
@@ -220,6 +275,7 @@ def hedge_update(
     prior: torch.Tensor | None = None,
     u: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
+    awake: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Apply ``T`` full-information rounds to a learner's state in place and return the next choice.
 
@@ -239,6 +295,9 @@ def hedge_update(
     prior : Tensor ``[N]`` or None, AdaNormalHedge's prior π (uniform when None).
     u : Tensor ``[1]`` fp32 in [0, 1) to sample the choice from the weights by inverse CDF; None = argmax.
     out : optional Tensor ``[1]`` int64 to write the choice into.
+    awake : optional Tensor ``[T, N]`` bool, sleeping experts (Freund et al. 1997): in a round an asleep expert would
+        not have been played, so the learner's loss is the weighted mean over the awake ones and an asleep expert is
+        charged exactly that (no regret either way). None = all awake.
 
     Returns
     -------
@@ -246,8 +305,12 @@ def hedge_update(
     """
     if algo not in ALGOS:
         raise ValueError(f"unknown learner {algo!r}; expected one of {ALGOS}")
-    for row in losses.float():
+    rows = losses.float()
+    masks = awake.bool() if awake is not None else None
+    for t, row in enumerate(rows):
         played = weights.clone()
+        if masks is not None:
+            row = _charge_asleep(row, played, masks[t])
         learner_loss = (played * row).sum()
         instant = learner_loss - row
         regret += instant
@@ -257,6 +320,16 @@ def hedge_update(
         weights.copy_(_weights(algo, regret, abs_regret, cum_loss, step, eta, prior))
     choice = choose(weights, u)
     return out.copy_(choice) if out is not None else choice
+
+
+def _charge_asleep(row: torch.Tensor, weights: torch.Tensor, awake: torch.Tensor) -> torch.Tensor:
+    """The loss row with every asleep expert charged the awake experts' weighted mean loss (their plain mean when the
+    weights put nothing on them)."""
+    w = torch.where(awake, weights, 0.0)
+    total = w.sum()
+    mean = torch.where(total > 0, (w * row).sum() / total.clamp(min=1e-30),
+                       (row * awake).sum() / awake.sum().clamp(min=1))
+    return torch.where(awake, row, mean)
 
 
 def choose(weights: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:

@@ -207,3 +207,41 @@ def test_cuda_graph_replay_of_the_update():
     torch.cuda.synchronize()
     _compare_states(live, eager, 0, 0, "graph")
     assert int(choice) == int(eager_choice)
+
+
+@pytest.mark.parametrize("sample", [False, True], ids=["argmax", "sample"])
+@pytest.mark.parametrize("rounds", [0, 1, 9])
+@pytest.mark.parametrize("n", [1, 4, 57])
+@pytest.mark.parametrize("algo", reference.ALGOS)
+def test_host_update_matches_reference_and_float64(algo, n, rounds, sample):
+    """The CPU learner path (NumPy, backend "host", what "auto" takes on CPU) against the torch twin and the float64
+    oracle, from a warm state; its NormalHedge scale solves the same equation to full precision."""
+    from hedgespec_fast.kernels import host
+
+    gen = torch.Generator().manual_seed(n * 7 + rounds)
+    losses = torch.rand(rounds, n, generator=gen)
+    state = ku.learner_state(n, seed=n + rounds, device="cpu")
+    u = torch.tensor([0.61]) if sample else None
+    ref_state, start = ku.clone_state(state), ku.clone_state(state)
+    choice = kernels.hedge_update(losses, *state, algo=algo, u=u, out=poisoned((1,), torch.int64, device="cpu"))
+    ref_choice = reference.hedge_update(losses, *ref_state, algo=algo, u=u)
+    _compare_states(state, ref_state, 1e-5, 1e-4, "host vs reference")
+    R, C, L, w, t, oracle_choice = ku.oracle_hedge(losses, *start, algo=algo, u=u)
+    _compare_states(state, (R, C, L, w, [t]), 1e-5, 1e-5, "host vs float64")
+    _check_choice(choice, state[3], u, ref_choice)
+    _check_choice(choice, torch.tensor(w), u, oracle_choice)
+    regret = torch.randn(n, dtype=torch.float64) * 3
+    c = host.normalhedge_scale(regret.numpy())
+    if (regret > 0).any():
+        lhs = torch.exp(regret.clamp(min=0).square() / (2 * c)).mean()
+        assert abs(float(lhs) - math.e) < 1e-9, "the scale must solve mean exp([R]+^2 / 2c) = e"
+    else:
+        assert c == 0.0
+
+
+def test_auto_backend_takes_the_host_path_on_cpu_only():
+    assert kernels.resolve_backend("auto", torch.device("cpu"), learner=True) == "host"
+    assert kernels.resolve_backend("auto", torch.device("cpu")) == "torch"
+    assert kernels.resolve_backend("host", torch.device("cpu")) == "torch"  # γ has no NumPy path
+    with pytest.raises(RuntimeError, match="host"):
+        kernels.resolve_backend("host", torch.device("meta"), learner=True)

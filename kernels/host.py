@@ -1,0 +1,112 @@
+"""The learner update for state that lives on the CPU, in float64 NumPy.
+
+The same math as ``reference.hedge_update`` (the twin of the Triton kernel), for the CPU decode loop: a learner round
+is a few dozen operations on vectors of a few dozen experts, where each torch call costs microseconds of dispatch
+and NumPy's a fraction of one. NormalHedge's scale is solved by safeguarded Newton steps on log c inside the same
+closed-form bracket as the reference (to ~1e-12 relative, where the reference's grid stops near 1e-6), so the two
+agree to fp32 rounding of that scale.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .reference import ALGOS
+
+_NEWTON_STEPS = 40
+
+
+def normalhedge_scale(regret: np.ndarray) -> float:
+    """c > 0 with mean_i exp([R_i]₊² / (2c)) = e (0 when no regret is positive).
+
+    On x = log c the left side minus e, f(x) = (1/N) Σ_i exp(a_i e^{−x}) − e with a_i = [R_i]₊² / 2, is decreasing
+    and convex, so Newton's method started at the bracket's lower end x = log(max a / (1 + ln N)), where f ≥ 0,
+    climbs monotonically to the root without overshooting (each tangent meets zero left of it).
+    """
+    positive = regret[regret > 0.0]
+    if positive.size == 0:
+        return 0.0
+    a = np.square(positive) * 0.5
+    zeros, n = regret.size - positive.size, regret.size
+    target = math.e * n - zeros  # Σ_{a > 0} exp(a / c) must equal this
+    x = math.log(float(a.max())) - math.log(1.0 + math.log(n))
+    for _ in range(_NEWTON_STEPS):
+        t = a * math.exp(-x)
+        e_t = np.exp(t)
+        f = float(e_t.sum()) - target
+        if f <= 0.0:
+            break
+        step = f / float(t @ e_t)  # f' = −Σ t e^t
+        x += step
+        if step < 1e-12 * max(1.0, abs(x)):
+            break
+    return math.exp(x)
+
+
+def _weights(algo, R, C, L, t, eta, prior):
+    n = R.size
+    if algo == "hedge":
+        rate = eta if eta is not None else math.sqrt(8.0 * math.log(max(n, 2)) / max(t, 1))
+        e = np.exp(-rate * (L - L.min()))
+        return e / e.sum()
+    if algo == "normalhedge":
+        c = normalhedge_scale(R)
+        if c > 0:
+            rp = np.maximum(R, 0.0)
+            w = (rp / c) * np.exp(np.square(rp) / (2.0 * c))
+            total = w.sum()
+            if total > 0 and np.isfinite(total):
+                return w / total
+        return np.full(n, 1.0 / n)
+    denom = 3.0 * (C + 1.0)
+    hi = np.square(np.maximum(R + 1.0, 0.0)) / denom
+    lo = np.square(np.maximum(R - 1.0, 0.0)) / denom
+    w = np.exp(hi - hi.max()) * np.maximum(-np.expm1(lo - hi), 0.0)
+    if prior is not None:
+        w = w * prior
+    total = w.sum()
+    if total > 0:
+        return w / total
+    return prior / prior.sum() if prior is not None else np.full(n, 1.0 / n)
+
+
+def _choose(w: np.ndarray, u: float | None) -> int:
+    if u is None:
+        return int(np.argmax(w))
+    cdf = np.cumsum(w)
+    return min(int((cdf <= u * cdf[-1]).sum()), w.size - 1)
+
+
+def hedge_update(losses: torch.Tensor, regret: torch.Tensor, abs_regret: torch.Tensor, cum_loss: torch.Tensor,
+                 weights: torch.Tensor, step: torch.Tensor, *, algo: str = "normalhedge", eta: float | None = None,
+                 prior: torch.Tensor | None = None, u: torch.Tensor | None = None,
+                 out: torch.Tensor | None = None, awake: torch.Tensor | None = None) -> torch.Tensor:
+    """``reference.hedge_update`` for CPU tensors: ``T`` learner rounds in place, then the next choice ``[1]``."""
+    if algo not in ALGOS:
+        raise ValueError(f"unknown learner {algo!r}; expected one of {ALGOS}")
+    state = (regret, abs_regret, cum_loss, weights, step)
+    if any(x.device.type != "cpu" for x in (losses, *state)):
+        raise ValueError("the host learner update takes CPU tensors; use the torch or triton backend on a device")
+    R, C, L, w = (x.detach().numpy().astype(np.float64) for x in (regret, abs_regret, cum_loss, weights))
+    t = int(step.item())
+    pi = None if prior is None else prior.detach().cpu().numpy().astype(np.float64)
+    masks = None if awake is None else awake.detach().numpy().astype(bool)
+    for t_row, row in enumerate(losses.detach().numpy().astype(np.float64)):
+        if masks is not None and not masks[t_row].all():
+            mask = masks[t_row]
+            total = float(w[mask].sum())
+            mean = float(w[mask] @ row[mask]) / total if total > 0 else float(row[mask].mean()) if mask.any() else 0.0
+            row = np.where(mask, row, mean)
+        instant = float(w @ row) - row
+        R += instant
+        C += np.abs(instant)
+        L += row
+        t += 1
+        w = _weights(algo, R, C, L, t, eta, pi)
+    for tensor, value in zip((regret, abs_regret, cum_loss, weights), (R, C, L, w)):
+        tensor.copy_(torch.from_numpy(value))
+    step.fill_(t)
+    choice = torch.tensor([_choose(w, None if u is None else float(u.item()))], dtype=torch.long)
+    return out.copy_(choice) if out is not None else choice
