@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .config import SpecConfig
+from .config import SpecConfig, split_policy_options
 from .drafters import NGramDrafter
 from .hf import generate
 from .learners import make_policy
@@ -90,14 +90,7 @@ def _prompt_limit(target, pool: list, max_new_tokens: int) -> int | None:
 
 def variant(policy: str, spec: SpecConfig | None) -> tuple[str, SpecConfig]:
     """Split ``"name@key=value,…"`` into the policy name and ``spec`` with those :class:`SpecConfig` fields set."""
-    name, _, options = policy.partition("@")
-    overrides = {}
-    for item in filter(None, options.split(",")):
-        key, _, raw = item.partition("=")
-        try:
-            overrides[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            overrides[key] = raw
+    name, overrides = split_policy_options(policy)
     return name, SpecConfig.from_kwargs(spec, **overrides)
 
 
@@ -438,6 +431,12 @@ def build_parser(parser=None):
     parser.add_argument("--out", type=Path, default=Path("bench/out/e2e"))
     parser.add_argument("--no-resume", action="store_true")
     parser.add_argument("--results-md", type=Path, default=None, help="append a dated entry to this RESULTS.md")
+    parser.add_argument("--pool", default=None,
+                        help="a real pool (`hedgespec models list`): head to head against plain generate(), HF "
+                             "assisted generation and prompt lookup instead of the zoo workloads")
+    from . import headtohead
+
+    headtohead.build_parser(parser.add_argument_group("head to head (with --pool)"))
     return parser
 
 
@@ -447,6 +446,12 @@ def main(argv=None, args=None) -> dict:
     from . import zoo
 
     args = args or build_parser().parse_args(argv)
+    if args.pool:
+        from . import headtohead
+
+        if args.out == Path("bench/out/e2e"):
+            args.out = Path("bench/out") / f"h2h_{args.pool}{'_sample' if args.sample else ''}"
+        return headtohead.main(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     tokenizer, target, drafters = zoo.load(device=args.device)

@@ -1,12 +1,16 @@
 """SpecConfig: every knob of a speculative generation that is not a model or a sampling parameter."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from .trees import parse_tree
 
 LOSSES = ("expected_length", "acceptance")
+OBJECTIVES = ("throughput", "mat")
+DEFAULT_OBJECTIVE = "throughput"
+DEFAULT_DRAFT_LEN = {"mat": 5, "throughput": 8}  # K, or K_max when the learner chooses K
 LEVELS = ("token", "chunk")
 CHOICES = ("sample", "argmax")
 STOPPING = ("static", "tapout")
@@ -18,7 +22,13 @@ class SpecConfig:
 
     Parameters
     ----------
-    draft_len : K, tokens drafted per round (the most; stopping rules may draft fewer).
+    draft_len : K, tokens drafted per round (the most; stopping rules may draft fewer). Under the throughput
+        objective the upper bound K_max of the lengths the learner chooses from. Default: 5 (``"mat"``), 8
+        (``"throughput"``).
+    objective : what the full-information learners maximise. ``"throughput"`` (default): expected tokens per second
+        of every (drafter, draft length) arm, from γ and the measured costs of drafting, verifying, evaluating and the
+        round's overhead (:mod:`hedgespec_fast.cost`); ``"mat"``: HedgeSpec's mean accepted tokens per target call,
+        at the fixed ``draft_len``. Bandit and fixed policies are not affected.
     policy : a name from ``hs.POLICIES`` (``"hedgespec"``, ``"fixed:1"``, ``"ucbspec+tapout"``, …) or a policy object
         (e.g. a ``HedgeSpecSelector`` reused across calls for a warm start).
     tree : ``None`` (a chain of ``draft_len`` tokens), a draft-tree spec string (``"depth=5,topk=4,total=32"``,
@@ -30,8 +40,13 @@ class SpecConfig:
     level : ``"token"`` (one learner round per verified position, the paper's default) or ``"chunk"`` (one per
         draft–verify cycle, with the chunk's mean loss).
     choice : ``"sample"`` from the weights (the no-regret guarantee) or ``"argmax"``.
-    eval_every : evaluate all drafters every this many rounds (1 = always). Rounds in between feed no learner round
+    eval_every : evaluate all drafters every this many rounds (1 = always), or ``"auto"`` (the default under the
+        throughput objective, unless ``record_gamma``): in batches of a few rounds, skipping as many rounds after each
+        as keeps the measured evaluation time within ``eval_budget`` of the round time (the first batch always runs;
+        free drafters such as n-gram lookup are evaluated every round; see ``feedback.EvaluationSchedule``). With
+        an int, rounds in between feed no learner round yet (their positions are evaluated later, nothing is lost)
         and other drafters catch up lazily (HedgeSpec App. B.5's system-efficient variant, **[reconstructed]**).
+    eval_budget : with ``eval_every="auto"``, the share of round time that evaluation may take.
     skip_eval_above : skip the evaluation while the learner's top weight is above this (1.0 = never skip).
     seed : seeds the sampling generator and the policy's own randomness; ``None`` uses torch's global RNG.
     backend : kernel backend for γ and the learner update (``"auto" | "triton" | "torch"``).
@@ -39,33 +54,48 @@ class SpecConfig:
         so the records hold γ for analysis (costs the evaluation forwards).
     timings : ``"auto"`` (CUDA events on GPU, ``perf_counter`` on CPU), ``"sync"`` (synchronise at every phase
         boundary: exact per-phase wall time, extra host syncs) or ``"off"``.
+    stack_drafters : run drafters of one architecture and shape as one stacked model (one forward evaluates them
+        all, :mod:`hedgespec_fast.drafters.stacked`): ``"auto"`` (small models on CUDA), True or False. Chains only.
     """
 
-    draft_len: int = 5
+    draft_len: int | None = None
     policy: Any = "hedgespec"
     tree: Any = None
+    objective: str = DEFAULT_OBJECTIVE
     loss: str = "expected_length"
     level: str = "token"
     choice: str = "sample"
-    eval_every: int = 1
+    eval_every: Any = None
+    eval_budget: float = 0.1
     skip_eval_above: float = 1.0
     seed: int | None = None
     backend: str = "auto"
     record_gamma: bool = False
     timings: str = "auto"
+    stack_drafters: Any = "auto"
     policy_kwargs: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        if not isinstance(self.draft_len, int) or self.draft_len < 0:
-            raise ValueError(f"draft_len must be an int >= 0, got {self.draft_len!r}")
-        for name, allowed in (("loss", LOSSES), ("level", LEVELS), ("choice", CHOICES)):
+        for name, allowed in (("objective", OBJECTIVES), ("loss", LOSSES), ("level", LEVELS), ("choice", CHOICES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.eval_every < 1:
-            raise ValueError(f"eval_every must be >= 1, got {self.eval_every}")
+        if self.draft_len is None:
+            self.draft_len = DEFAULT_DRAFT_LEN[self.objective]
+        if isinstance(self.draft_len, bool) or not isinstance(self.draft_len, int) or self.draft_len < 0:
+            raise ValueError(f"draft_len must be an int >= 0, got {self.draft_len!r}")
+        if self.eval_every is None:  # analysis runs (record_gamma) want γ every round
+            self.eval_every = "auto" if self.objective == "throughput" and not self.record_gamma else 1
+        if self.eval_every != "auto" and (isinstance(self.eval_every, bool) or not isinstance(self.eval_every, int)
+                                          or self.eval_every < 1):
+            raise ValueError(f"eval_every must be an int >= 1 or 'auto', got {self.eval_every!r}")
+        if not 0.0 < self.eval_budget <= 1.0:
+            raise ValueError(f"eval_budget must be in (0, 1], got {self.eval_budget!r}")
         parse_tree(self.tree)  # a bad tree spec fails here, with the reason
         if self.timings not in ("auto", "sync", "off"):
             raise ValueError(f"timings must be 'auto', 'sync' or 'off', got {self.timings!r}")
+        if self.timings == "off" and (self.objective == "throughput" or self.eval_every == "auto"):
+            raise ValueError("timings='off' leaves the throughput objective and eval_every='auto' without measured "
+                             "costs: use objective='mat' with an integer eval_every, or timings='auto'")
 
     @classmethod
     def from_kwargs(cls, base: "SpecConfig | None" = None, **kwargs) -> "SpecConfig":
@@ -74,4 +104,31 @@ class SpecConfig:
         unknown = set(kwargs) - names
         if unknown:
             raise TypeError(f"unknown speculative option(s) {sorted(unknown)}; known: {sorted(names)}")
+        if base is not None and "objective" in kwargs:
+            # draft_len / eval_every that were filled in from the old objective's defaults follow the new one
+            auto = base.objective == "throughput" and not base.record_gamma
+            defaults = (("draft_len", DEFAULT_DRAFT_LEN[base.objective]), ("eval_every", "auto" if auto else 1))
+            for name, default in defaults:
+                if name not in kwargs and getattr(base, name) == default:
+                    kwargs[name] = None
         return replace(base, **kwargs) if base is not None else cls(**kwargs)
+
+
+def split_policy_options(policy) -> tuple[Any, dict]:
+    """``"hedgespec@objective=mat,draft_len=16"`` → ``("hedgespec", {"objective": "mat", "draft_len": 16})``.
+
+    Values are read as JSON where they parse (numbers, booleans), as strings otherwise. Non-strings pass through.
+    """
+    if not isinstance(policy, str) or "@" not in policy:
+        return policy, {}
+    name, _, options = policy.partition("@")
+    overrides = {}
+    for item in filter(None, options.split(",")):
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"bad policy option {item!r} in {policy!r}: write name@key=value,key=value")
+        try:
+            overrides[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            overrides[key.strip()] = raw.strip()
+    return name, overrides

@@ -7,8 +7,9 @@ import torch
 
 from .cache import new_cache
 from .config import SpecConfig
+from .cost import CostModel, shared_cost_model
 from .drafters.base import DraftContext
-from .feedback import Evaluator
+from .feedback import EvaluationSchedule, Evaluator
 from .learners.base import Policy, RoundOutcome
 from .logits import LogitsWarp
 from .modeling import forward_logits
@@ -18,6 +19,7 @@ from .stats import PHASES, GenerationStats, PhaseTimer, RoundRecord
 
 
 MAX_DEFERRED_ROUNDS = 32
+MAX_DEFERRED_POSITIONS = 128  # owed target rows: 128 × V × 8 bytes (warped + raw), 156 MB at V = 152k
 
 
 class SpeculativeDecoder:
@@ -45,6 +47,8 @@ class SpeculativeDecoder:
         # The seam between the round and its shape: a chain, a draft tree, or several drafts merged into a tree.
         self.speculation = make_speculation(config.tree, config.draft_len, target, pool, warp, do_sample)
         self.evaluator = Evaluator(warp, do_sample, config.backend, top_l=self.speculation.top_l)
+        self.schedule = EvaluationSchedule(config.eval_every, config.eval_budget, max_rounds=MAX_DEFERRED_ROUNDS,
+                                           max_positions=MAX_DEFERRED_POSITIONS)
 
     @torch.no_grad()
     def run(self, prompt: torch.Tensor) -> tuple[torch.Tensor, GenerationStats]:
@@ -56,7 +60,7 @@ class SpeculativeDecoder:
         stats = GenerationStats(policy=str(cfg.policy if isinstance(cfg.policy, str) else type(policy).__name__),
                                 drafter_names=list(pool.names), drafter_counts=[0] * len(pool))
         timer = PhaseTimer(device, cfg.timings, nvtx=self.nvtx)
-        marks_per_round = []
+        marks_per_round, unread = [], []  # unread: rounds whose timings the cost model has not seen yet
         t0 = time.perf_counter()
 
         # Scratch room past max_length for a full draft; ids[:, :length] is always the committed text.
@@ -65,8 +69,10 @@ class SpeculativeDecoder:
         cache = new_cache()  # the target's cache holds every committed token but the last
         if start_len > 1:
             forward_logits(self.target, ids[0, : start_len - 1], cache, keep=1)
-        pool.prefill(ids[:, :start_len])
-        policy.begin(len(pool), draft_len, cfg.seed)
+        costs = self._cost_model(policy)
+        for i, seconds in pool.prefill(ids[:, :start_len], calibrate=costs.uncalibrated()).items():
+            costs.observe_draft(i, 1, seconds)
+        policy.begin(len(pool), draft_len, cfg.seed, costs=costs)
         stats.prefill_s = time.perf_counter() - t0
         length, finished = start_len, start_len >= self.max_length
         tracks = policy.full_information or cfg.record_gamma
@@ -74,11 +80,12 @@ class SpeculativeDecoder:
 
         while not finished:
             marks = [timer.mark("select")]
-            chosen = policy.choose()
+            chosen = policy.choose(pool.awake())
             stats.host_syncs += policy.host_syncs_per_choice
+            budget = min(policy.draft_length(), self.max_length - length - 1)
+            clean = pool.lag(chosen) <= 2  # a drafter far behind catches up first: not a drafting cost
 
             marks.append(timer.mark("draft"))
-            budget = min(draft_len, self.max_length - length - 1)
             stop = self._counting(policy.stop_rule(), stats)
             ctx = DraftContext(ids, length, self.warp, self.do_sample, generator, stop)
             k = spec.draft(chosen, budget, ctx, policy.weights)  # draft tokens (chain length or tree nodes)
@@ -106,23 +113,35 @@ class SpeculativeDecoder:
 
             marks.append(timer.mark("evaluate"))
             finished = finished or length + m >= self.max_length
-            gamma = None
-            if tracks:  # full information, possibly deferred: γ covers every position since the last evaluation
+            gamma = awake = None
+            decision = self._evaluation(owed, m, finished, stats, costs) if tracks else "skip"
+            if decision == "skip":  # no model drafter computes beliefs here; free ones (n-gram) still may
+                free = [True if f else None for f in pool.free] if tracks and policy.partial_information else None
+                beliefs = pool.commit(emitted, emitted_list, accepted_by, free)
+                if free and any(free):
+                    gamma = self.evaluator.gamma(verified.target_warped[:m], verified.target_raw[:m], beliefs, ids,
+                                                 length)
+                    awake = self.evaluator.awake(beliefs)
+                owed, owed_start = [], length + m
+            else:  # full information, possibly deferred: γ covers every position since the last evaluation
                 owed.append((verified.target_warped[:m], verified.target_raw[:m]))
-                evaluate = finished or self._should_evaluate(len(owed), stats)
-                beliefs = pool.commit(emitted, emitted_list, accepted_by, evaluate)
-                if evaluate:
+                beliefs = pool.commit(emitted, emitted_list, accepted_by, decision == "evaluate")
+                if decision == "evaluate":
                     gamma = self.evaluator.gamma(torch.cat([w for w, _ in owed]), torch.cat([r for _, r in owed]),
                                                  beliefs, ids, owed_start)
+                    awake = self.evaluator.awake(beliefs)
+                    self.schedule.evaluated(len(owed), costs)
                     owed, owed_start = [], length + m
-            else:
-                pool.commit(emitted, emitted_list, accepted_by, None)
+                    stats.evaluations += 1
 
             marks.append(timer.mark("update"))
-            policy.update(RoundOutcome(chosen, k, n_accepted, m, draft_len, gamma, block_reward))
+            policy.update(RoundOutcome(chosen, k, n_accepted, m, draft_len, gamma, block_reward, awake,
+                                       skipped=tracks and gamma is None and decision == "skip"))
             marks.append(timer.mark(None))
 
             marks_per_round.append(marks)
+            unread.append((marks, chosen, k, d + 1, tracks and decision == "evaluate", clean))
+            self._read_costs(timer, unread, costs)
             stats.records.append(RoundRecord(chosen, k, n_accepted, m, gamma))
             stats.rounds += 1
             stats.drafter_counts[chosen] += 1
@@ -133,6 +152,7 @@ class SpeculativeDecoder:
         stats.new_tokens = length - start_len
         stats.wall_s = time.perf_counter() - t0 if device.type != "cuda" else self._cuda_wall(t0)
         self._finish_records(stats, timer, marks_per_round)
+        stats.costs = costs.summary()
         weights = policy.weights()
         stats.final_weights = weights.tolist() if weights is not None else None
         if self.streamer is not None:
@@ -152,20 +172,38 @@ class SpeculativeDecoder:
                     return emitted[: j + 1], True
         return emitted, False
 
-    def _should_evaluate(self, deferred_rounds: int, stats) -> bool:
-        """Evaluate every ``eval_every`` rounds, skipping while the learner is confident (``skip_eval_above``), but
-        never defer more than ``MAX_DEFERRED_ROUNDS`` (the owed target rows are kept in memory)."""
-        cfg = self.config
-        if deferred_rounds >= MAX_DEFERRED_ROUNDS:
-            return True
-        if deferred_rounds < cfg.eval_every:
-            return False
-        if cfg.skip_eval_above < 1.0:
+    def _evaluation(self, owed: list, m: int, finished: bool, stats, costs: CostModel) -> str:
+        """``"evaluate" | "defer" | "skip"`` for this round's positions (:class:`EvaluationSchedule`); the last round
+        flushes what is owed, and while the learner is confident (``skip_eval_above``) evaluation waits until the
+        schedule forces it."""
+        decision = self.schedule.decide(len(owed) + 1, sum(w.shape[0] for w, _ in owed) + m, costs)
+        if finished and decision == "defer":
+            return "evaluate"
+        if decision == "evaluate" and not finished and self.config.skip_eval_above < 1.0 and \
+                len(owed) + 1 < self.schedule.max_rounds:
             weights = self.policy.weights()
             if weights is not None:
                 stats.host_syncs += int(weights.device.type == "cuda")
-                return float(weights.max()) <= cfg.skip_eval_above
-        return True
+                if float(weights.max()) > self.config.skip_eval_above:
+                    return "defer"
+        return decision
+
+    def _cost_model(self, policy) -> CostModel:
+        """The policy's cost model when it carries one over (a selector reused across calls), else the one shared by
+        every call with this target and pool."""
+        model = getattr(policy, "cost_model", None)
+        if isinstance(model, CostModel) and model.n_drafters == policy.n_drafters:
+            return model
+        return shared_cost_model(self.target, self.pool.key, len(self.pool))
+
+    @staticmethod
+    def _read_costs(timer: PhaseTimer, unread: list, costs: CostModel) -> None:
+        """Feed the cost model every finished round whose timings can be read without waiting (CPU clocks at once,
+        CUDA events once they completed: never a host sync)."""
+        while unread and timer.ready(unread[0][0]):
+            marks, chosen, drafted, verified, evaluated, clean = unread.pop(0)
+            times = dict(zip(PHASES, timer.durations(marks)))
+            costs.observe_round(chosen, drafted, verified, times, evaluated, clean)
 
     def _block_reward(self, verified, stats) -> float:
         """MetaSD's block divergence: mean γ of the chosen draft over every drafted position (same draft prefix)."""

@@ -6,6 +6,7 @@ nothing (ALGORITHMS.md §1–3).
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -42,7 +43,8 @@ class Evaluator:
         Parameters
         ----------
         target_warped, target_raw : ``[m, V]`` the target's warped (fp32) and raw logits at the positions.
-        beliefs : one :class:`Beliefs` per drafter, each over the same ``m`` positions.
+        beliefs : one :class:`Beliefs` per drafter, each over the same ``m`` positions (None: a drafter not evaluated
+            there, whose γ row is NaN: unknown).
         ids, start : the sequence and the prefix length of row 0 (for position-dependent warping).
 
         Returns
@@ -50,9 +52,9 @@ class Evaluator:
         Tensor ``[N, m]`` fp32 on the target's device.
         """
         m = target_warped.shape[0]
-        gamma = torch.empty((len(beliefs), m), dtype=torch.float32, device=target_warped.device)
-        model_rows = [i for i, b in enumerate(beliefs) if b.logits is not None]
-        token_rows = [i for i, b in enumerate(beliefs) if b.logits is None]
+        gamma = torch.full((len(beliefs), m), float("nan"), dtype=torch.float32, device=target_warped.device)
+        model_rows = [i for i, b in enumerate(beliefs) if b is not None and b.logits is not None]
+        token_rows = [i for i, b in enumerate(beliefs) if b is not None and b.logits is None]
         if model_rows:
             stacked = torch.stack([beliefs[i].logits for i in model_rows])  # [n, m, V]
             if self.warp.temperature_only is not None:
@@ -68,6 +70,17 @@ class Evaluator:
             tokens = torch.stack([beliefs[i].tokens for i in token_rows])  # [n, m], -1 = no proposal
             gamma[token_rows] = onehot_acceptance(target_warped, tokens, self.chain_mode)
         return gamma
+
+    @staticmethod
+    def awake(beliefs: Sequence[Beliefs]) -> torch.Tensor | None:
+        """``[N, m]`` bool: where each drafter had a proposal (models always; n-gram lookup where it found a match),
+        or None when every drafter always has one."""
+        if all(b is None or b.logits is not None for b in beliefs):
+            return None
+        known = next(b for b in beliefs if b is not None and b.logits is None).tokens
+        rows = [b.tokens >= 0 if b is not None and b.logits is None else torch.ones_like(known, dtype=torch.bool)
+                for b in beliefs]
+        return torch.stack(rows)
 
 
 def onehot_acceptance(target_warped: torch.Tensor, tokens: torch.Tensor, mode: str) -> torch.Tensor:
@@ -104,17 +117,27 @@ class LossStream:
     def __init__(self, kind: str, level: str, draft_len: int):
         self.kind, self.level, self.window = kind, level, max(int(draft_len), 1)
         self.history: torch.Tensor | None = None  # [N, < K] γ of positions whose windows are still open
+        self.awake: torch.Tensor | None = None  # [N, < K] bool beside it, when some drafter can be asleep
 
     def reset(self) -> None:
         """New prompt or a gap in the positions: windows that cannot complete are dropped."""
-        self.history = None
+        self.history = self.awake = None
 
-    def extend(self, gamma: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """Add γ ``[N, m]``; return the window ``[N, S]`` (open + new positions) and how many losses it releases."""
+    def extend(self, gamma: torch.Tensor, awake: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+        """Add γ ``[N, m]`` (and where each drafter was awake, ``[N, m]`` bool; None = everywhere); return the window
+        ``[N, S]`` (open + new positions) and how many losses it releases. The window's awake mask is left in
+        :attr:`window_awake`."""
+        if awake is None:
+            awake = torch.ones_like(gamma, dtype=torch.bool)
         history = gamma if self.history is None else torch.cat([self.history, gamma], dim=1)
+        awake = awake if self.awake is None else torch.cat([self.awake, awake], dim=1)
         released = history.shape[1] if self.kind == "acceptance" else max(history.shape[1] - self.window + 1, 0)
-        self.history = history[:, released:]
+        self.history, self.awake, self.window_awake = history[:, released:], awake[:, released:], awake
         return history, released
+
+    def hold(self, window: torch.Tensor, awake: torch.Tensor | None) -> None:
+        """Put a window back unscored (its losses could not be computed yet)."""
+        self.history, self.awake = window, awake
 
     def push(self, gamma: torch.Tensor) -> torch.Tensor:
         """Add γ ``[N, m]`` of the next ``m`` positions; return the released losses ``[T, N]`` (T may be 0)."""
@@ -123,3 +146,44 @@ class LossStream:
         if self.level == "chunk" and losses.shape[0] > 1:
             losses = losses.mean(dim=0, keepdim=True)
         return losses
+
+
+class EvaluationSchedule:
+    """When a round's positions are evaluated: ``"evaluate"`` now (with any deferred ones), ``"defer"`` (keep them for
+    a later evaluation) or ``"skip"`` (never: nobody computes beliefs there).
+
+    ``every`` = an int: defer and evaluate every that many rounds, nothing skipped (HedgeSpec App. B.5's
+    system-efficient variant). ``every = "auto"``: evaluation in batches of ``batch`` consecutive rounds (so the
+    expected-length windows inside a batch complete), and after each batch as many rounds skipped as keep the
+    measured evaluation time within ``budget`` of all the time spent: a batch that took ``t`` seconds of evaluation
+    over rounds of ``w`` seconds of other work each is followed by ⌈t / (budget · w)⌉ − batch skipped rounds. A
+    drafter that is neither chosen nor evaluated costs nothing (it catches up when next needed, computing no logits
+    for skipped positions), so skipping saves the whole evaluation, where deferring only batches it. The first batch
+    of a generation is never skipped: early feedback is worth the most.
+
+    Either way evaluation is forced once ``max_rounds`` rounds or ``max_positions`` positions are owed.
+    """
+
+    def __init__(self, every, budget: float = 0.1, batch: int = 4, max_rounds: int = 32, max_positions: int = 128):
+        self.every, self.budget, self.batch = every, budget, batch
+        self.max_rounds, self.max_positions = max_rounds, max_positions
+        self.skip_left = 0
+
+    def decide(self, owed_rounds: int, owed_positions: int, costs) -> str:
+        """``owed_*``: deferred rounds / positions including this round's."""
+        if self.every != "auto":
+            due = owed_rounds >= self.every
+        else:
+            if self.skip_left > 0:
+                self.skip_left -= 1
+                return "skip"
+            due = owed_rounds >= self.batch
+        if due or owed_rounds >= self.max_rounds or owed_positions >= self.max_positions:
+            return "evaluate"
+        return "defer"
+
+    def evaluated(self, rounds: int, costs) -> None:
+        """After an evaluation of ``rounds`` rounds: plan the skip from the measured costs."""
+        if self.every != "auto" or costs.eval_forward is None or costs.work <= 0:
+            return
+        self.skip_left = max(0, math.ceil(costs.eval_forward / (self.budget * costs.work)) - rounds)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria
 
-from .config import SpecConfig
+from .config import SpecConfig, split_policy_options
 from .decoder import SpeculativeDecoder
 from .learners import Oracle, make_policy
 from .logits import LogitsWarp
@@ -41,7 +41,7 @@ def _eos_ids(generation_config, stopping_criteria) -> set[int]:
     return ids
 
 
-def _validate(model, input_ids, pool: DrafterPool, max_length: int) -> None:
+def _validate(model, input_ids, pool: DrafterPool, max_length: int, real_vocab: int | None = None) -> None:
     if input_ids.dim() != 2 or input_ids.shape[0] != 1:
         raise NotImplementedError(
             f"hedgespec-fast supports batch size 1 for now; got input_ids of shape {tuple(input_ids.shape)}: "
@@ -56,20 +56,21 @@ def _validate(model, input_ids, pool: DrafterPool, max_length: int) -> None:
     if target_ctx is not None and max_length > target_ctx:
         raise ValueError(f"the target supports {target_ctx} positions but this generation needs {max_length} "
                          "(prompt + max_new_tokens)")
-    pool.check_compatible(vocab_size(model), device, dtype, max_length)
+    pool.check_compatible(vocab_size(model), device, dtype, max_length, real_vocab)
 
 
 def speculative_decode(model, input_ids, logits_processor, stopping_criteria, generation_config, drafters,
-                       config: SpecConfig, streamer=None, nvtx: bool | None = None) -> SpeculativeOutput:
+                       config: SpecConfig, streamer=None, nvtx: bool | None = None,
+                       tokenizer=None) -> SpeculativeOutput:
     """The speculative loop on what ``generate()`` prepared. Resolves the oracle by running every fixed drafter.
 
     ``nvtx`` (default: the environment variable ``HEDGESPEC_NVTX=1``) wraps each phase in an NVTX range for Nsight.
     """
     if nvtx is None:
         nvtx = os.environ.get("HEDGESPEC_NVTX", "0") == "1"
-    pool = DrafterPool(drafters)
+    pool = DrafterPool(drafters, stack=config.stack_drafters if config.tree is None else False)
     max_length = int(generation_config.max_length)
-    _validate(model, input_ids, pool, max_length)
+    _validate(model, input_ids, pool, max_length, None if tokenizer is None else len(tokenizer))
     policy = make_policy(config.policy, len(pool), config, device=input_ids.device)
     extra_stops = [c for c in (stopping_criteria or []) if not isinstance(c, (EosTokenCriteria, MaxLengthCriteria))]
     common = dict(warp=LogitsWarp(logits_processor), do_sample=bool(generation_config.do_sample),
@@ -98,19 +99,23 @@ def _oracle(model, input_ids, pool, config, streamer, common) -> SpeculativeOutp
     return SpeculativeOutput(sequences, stats)
 
 
-def _spec_config(spec_config, policy, draft_len, tree, seed) -> SpecConfig:
-    given = dict(policy=policy, draft_len=draft_len, tree=tree, seed=seed)
+def _spec_config(spec_config, policy, draft_len, tree, seed, objective=None) -> SpecConfig:
+    policy, options = split_policy_options(policy)  # "hedgespec@objective=mat" → policy + options
+    given = dict(policy=policy, draft_len=draft_len, tree=tree, seed=seed, objective=objective)
     overrides = {k: v for k, v in given.items() if v is not None}
-    return SpecConfig.from_kwargs(spec_config, **overrides)
+    return SpecConfig.from_kwargs(spec_config, **{**overrides, **options})
 
 
 def custom_generate(model, input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus=False,
                     streamer=None, drafters=None, policy=None, draft_len=None, tree=None, seed=None, spec_config=None,
-                    spec_streamer=None, return_spec_output=False, **model_kwargs):
+                    objective=None, spec_streamer=None, spec_tokenizer=None, return_spec_output=False,
+                    **model_kwargs):
     """``target.generate(input_ids, custom_generate=hs.custom_generate, drafters=[...], ...)``.
 
-    Extra ``generate`` keywords: ``drafters`` (required), ``policy``, ``draft_len``, ``tree``, ``seed``,
-    ``spec_config`` (a :class:`SpecConfig`), ``spec_streamer`` (transformers does not hand ``streamer=`` to a
+    Extra ``generate`` keywords: ``drafters`` (required), ``policy`` (a name, with options as
+    ``"hedgespec@objective=mat"``), ``draft_len``, ``tree``, ``seed``, ``objective``,
+    ``spec_config`` (a :class:`SpecConfig`), ``spec_tokenizer`` (the tokenizer, to accept drafters whose vocabulary
+    differs from the target's only by padding), ``spec_streamer`` (transformers does not hand ``streamer=`` to a
     custom_generate callable, so pass the streamer under this name to get tokens as they are emitted).
     Returns the sequences (or a ``GenerateDecoderOnlyOutput`` with ``return_dict_in_generate=True``).
     """
@@ -124,9 +129,9 @@ def custom_generate(model, input_ids, logits_processor, stopping_criteria, gener
     for flag in ("output_scores", "output_logits", "output_attentions", "output_hidden_states"):
         if getattr(generation_config, flag, False):
             raise NotImplementedError(f"{flag}=True is not supported by hedgespec-fast's speculative generation")
-    config = _spec_config(spec_config, policy, draft_len, tree, seed)
+    config = _spec_config(spec_config, policy, draft_len, tree, seed, objective)
     out = speculative_decode(model, input_ids, logits_processor, stopping_criteria, generation_config, drafters,
-                             config, streamer=spec_streamer or streamer)
+                             config, streamer=spec_streamer or streamer, tokenizer=spec_tokenizer)
     if return_spec_output:
         return out
     if getattr(generation_config, "return_dict_in_generate", False):
@@ -138,10 +143,10 @@ def custom_generate(model, input_ids, logits_processor, stopping_criteria, gener
     return out.sequences
 
 
-def generate(target, input_ids, drafters, max_new_tokens: int = 128, policy="hedgespec", draft_len: int = 5,
+def generate(target, input_ids, drafters, max_new_tokens: int = 128, policy="hedgespec", draft_len: int | None = None,
              do_sample: bool = False, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, tree=None,
              seed: int | None = None, streamer=None, spec_config: SpecConfig | None = None,
-             **generate_kwargs) -> SpeculativeOutput:
+             objective: str | None = None, tokenizer=None, **generate_kwargs) -> SpeculativeOutput:
     """Speculative generation with online drafter selection; output identical to ``target.generate()`` (greedy) or
     distributed as its sampling (``do_sample=True``).
 
@@ -151,8 +156,10 @@ def generate(target, input_ids, drafters, max_new_tokens: int = 128, policy="hed
     input_ids : LongTensor ``[1, L]`` on the target's device.
     drafters : models sharing the target's vocabulary and/or drafter objects (``hs.NGramDrafter()``).
     max_new_tokens : exact cap on new tokens (EOS may stop earlier).
-    policy : a name from ``hs.POLICIES`` or a policy object (reuse it across calls for a warm start).
-    draft_len : K, tokens drafted per round.
+    policy : a name from ``hs.POLICIES`` (options may follow: ``"hedgespec@objective=mat,eval_every=4"`` sets those
+        :class:`SpecConfig` fields) or a policy object (reuse it across calls for a warm start).
+    draft_len : K, tokens drafted per round; under the throughput objective the upper bound K_max of the lengths the
+        learner chooses among (default 5 for ``"mat"``, 8 for ``"throughput"``).
     do_sample, temperature, top_k, top_p : sampling, applied identically to target and drafters.
     tree : None (chain) or a draft tree: ``"depth=5,topk=4,total=32"`` (EAGLE-2 dynamic), ``"static:depth=3,topk=2"``,
         ``"paths:[[0],[1],[0,0]]"``, multi-draft ``"chains:k=4"`` / ``"drafters:k=3"`` / ``"shared:total=32"``, or a
@@ -160,6 +167,10 @@ def generate(target, input_ids, drafters, max_new_tokens: int = 128, policy="hed
     seed : seeds sampling and the policy's randomness.
     streamer : e.g. ``TextStreamer``; receives the prompt, then tokens as rounds emit them.
     spec_config : a :class:`SpecConfig` for the other options (loss, level, choice, eval_every, backend, …).
+    objective : ``"throughput"`` (default: expected tokens per second of each (drafter, K), from measured costs) or
+        ``"mat"`` (HedgeSpec's mean accepted tokens per target call at a fixed K).
+    tokenizer : optional; with it, drafters whose output size differs from the target's are accepted when the
+        tokenizer fits in both (padding rows), without it when the sizes are within 1 % (see ``HFDrafter``).
     generate_kwargs : anything else ``generate()`` takes (``min_new_tokens``, ``eos_token_id``, ``repetition_penalty``,
         ``stopping_criteria``, ``logits_processor``, …).
 
@@ -172,6 +183,7 @@ def generate(target, input_ids, drafters, max_new_tokens: int = 128, policy="hed
         streamer.put(input_ids.cpu())
     return target.generate(
         input_ids, custom_generate=custom_generate, drafters=drafters, policy=policy, draft_len=draft_len, tree=tree,
-        seed=seed, spec_config=spec_config, spec_streamer=streamer, return_spec_output=True,
+        seed=seed, spec_config=spec_config, objective=objective, spec_streamer=streamer, spec_tokenizer=tokenizer,
+        return_spec_output=True,
         max_new_tokens=max_new_tokens, do_sample=do_sample, **sampling, **generate_kwargs,
     )

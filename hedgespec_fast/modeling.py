@@ -18,18 +18,28 @@ def forward_logits(model, tokens: torch.Tensor, cache, keep: int, **extra) -> to
     ``keep = 0`` returns all ``n`` rows. ``extra`` goes to the model (e.g. a 4D ``attention_mask`` and ``position_ids``
     for trees).
     """
-    kwargs = dict(input_ids=tokens.view(1, -1), past_key_values=cache, use_cache=True, **extra)
+    return forward_rows(model, tokens, cache, keep, 1, **extra)[0]
+
+
+def forward_rows(model, tokens: torch.Tensor, cache, keep: int, rows: int = 1, **extra) -> torch.Tensor:
+    """:func:`forward_logits` for a model whose batch rows are separate models (a stack of drafters): ``tokens [n]`` go
+    to every row; returns the last ``keep`` rows of logits of each, ``[rows, keep, V]`` (``keep = 0``: all ``n``)."""
+    ids = tokens.view(1, -1).expand(rows, -1)
+    kwargs = dict(input_ids=ids, past_key_values=cache, use_cache=True, **extra)
     if keep and _accepts_logits_to_keep(type(model)):
         kwargs["logits_to_keep"] = keep
-    logits = model(**kwargs).logits[0]
-    return logits[-keep:] if keep else logits
+    logits = model(**kwargs).logits
+    return logits[:, -keep:] if keep else logits
 
 
 def vocab_size(model) -> int:
     """Rows of the output projection: the size of the distributions the model emits."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is not None and getattr(head, "weight", None) is not None:
-        return int(head.weight.shape[0])
+    weight = getattr(head, "weight", None)
+    if callable(weight):  # quantized linears (torch.ao dynamic int8) expose weight()
+        weight = weight()
+    if weight is not None and hasattr(weight, "shape"):
+        return int(weight.shape[0])
     return int(model.config.get_text_config().vocab_size)
 
 

@@ -39,6 +39,12 @@ class PhaseTimer:
             torch.cuda.synchronize()
         return time.perf_counter()
 
+    def ready(self, marks) -> bool:
+        """Whether ``durations(marks)`` can be read without waiting (CUDA events that have completed)."""
+        if self.mode == "off" or not marks or isinstance(marks[-1], float):
+            return True
+        return bool(marks[-1].query())
+
     def durations(self, marks) -> list[float]:
         """Seconds between consecutive marks (call after the work is done)."""
         if self.mode == "off" or not marks:
@@ -82,6 +88,8 @@ class GenerationStats:
     records: list = field(default_factory=list)
     final_weights: list | None = None
     oracle_choice: int | None = None
+    costs: dict | None = None  # the cost model's estimates at the end (ms), see hedgespec_fast.cost
+    evaluations: int = 0  # rounds whose full-information evaluation ran
 
     @property
     def mean_accepted(self) -> float:
@@ -124,6 +132,8 @@ class GenerationStats:
             "phase_seconds": self.phase_seconds,
             "final_weights": self.final_weights,
             "oracle_choice": self.oracle_choice,
+            "costs": self.costs,
+            "evaluations": self.evaluations,
         }
 
     def as_dict(self) -> dict:

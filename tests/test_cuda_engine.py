@@ -47,9 +47,10 @@ def test_triton_and_torch_backends_agree_on_cuda(tree):
     prompt = torch.tensor([[9, 10, 11, 9, 10]], device="cuda")
     runs = {}
     for backend in ("torch", "triton"):
-        selector = hs.HedgeSpecSelector(len(drafters), backend=backend).cuda()
+        selector = hs.HedgeSpecSelector(len(drafters), backend=backend, objective="mat").cuda()
+        spec = hs.SpecConfig(backend=backend, objective="mat")
         runs[backend] = hs.generate(target, prompt, drafters=drafters, max_new_tokens=24, draft_len=3, policy=selector,
-                                    eos_token_id=None, tree=tree, spec_config=hs.SpecConfig(backend=backend))
+                                    eos_token_id=None, tree=tree, spec_config=spec)
     plain = target.generate(prompt, do_sample=False, max_new_tokens=24, eos_token_id=None)
     assert torch.equal(runs["triton"].sequences, plain)
     assert torch.equal(runs["torch"].sequences, plain)

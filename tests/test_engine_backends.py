@@ -21,8 +21,9 @@ def test_triton_backend_matches_torch_backend(do_sample):
               temperature=0.8)
     runs = {}
     for backend in ("torch", "triton"):
-        selector = hs.HedgeSpecSelector(len(drafters), backend=backend).to(device)
-        runs[backend] = (hs.generate(target, prompt, policy=selector, spec_config=hs.SpecConfig(backend=backend), **kw),
+        selector = hs.HedgeSpecSelector(len(drafters), backend=backend, objective="mat").to(device)
+        spec = hs.SpecConfig(backend=backend, objective="mat")
+        runs[backend] = (hs.generate(target, prompt, policy=selector, spec_config=spec, **kw),
                          selector)
     (ref, ref_sel), (tri, tri_sel) = runs["torch"], runs["triton"]
     assert torch.equal(ref.sequences, tri.sequences)

@@ -23,6 +23,9 @@ def gen(target, drafters, prompt=PROMPT, **kw):
 def test_vocabulary_mismatch(target):
     with pytest.raises(ValueError, match="vocabulary of 98 tokens but the target has 97"):
         gen(target, [tiny_model("llama", vocab=98)])
+    with pytest.raises(ValueError, match="vocabulary of 120 tokens but the target has 97.*the tokenizer has 100"):
+        hs.generate(target, PROMPT, drafters=[tiny_model("llama", vocab=120)], max_new_tokens=4, eos_token_id=None,
+                    tokenizer=[0] * 100)  # a real vocabulary of 100 tokens cannot fit the target's 97
 
 
 def test_empty_pool(target):
@@ -35,9 +38,13 @@ def test_drafter_on_another_device(target):
         gen(target, [noisy_copy(target, 0.1).to("meta")])
 
 
-def test_drafter_with_another_dtype(target):
-    with pytest.raises(ValueError, match=r"dtype torch.float64 but the target has torch.float32"):
-        gen(target, [noisy_copy(target, 0.1).double()])
+def test_drafter_with_another_dtype_is_legitimate(target):
+    """An fp64 (or bf16, or int8) drafter for an fp32 target: compared in fp32, output still the target's."""
+    ref = target.generate(PROMPT, do_sample=False, max_new_tokens=12, eos_token_id=None)
+    for drafter in (noisy_copy(target, 0.1).double(), noisy_copy(target, 0.1).bfloat16()):
+        out = hs.generate(target, PROMPT, drafters=[drafter, hs.NGramDrafter()], max_new_tokens=12,
+                          eos_token_id=None)
+        assert torch.equal(out.sequences, ref)
 
 
 def test_batch_larger_than_one(target):

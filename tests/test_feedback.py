@@ -94,22 +94,28 @@ def test_onehot_acceptance():
     torch.testing.assert_close(onehot_acceptance(p, tokens, "greedy"), torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
 
 
+@pytest.mark.parametrize("eval_every", [1, 3], ids=["every-round", "deferred"])
 @pytest.mark.parametrize("do_sample", [False, True], ids=["greedy", "sampling"])
-def test_recorded_gamma_equals_recomputation(do_sample):
-    """γ in the per-round records, for every drafter and position, equals α(p, q_i) computed from scratch."""
+def test_recorded_gamma_equals_recomputation(do_sample, eval_every):
+    """γ in the per-round records, for every drafter and position, equals α(p, q_i) computed from scratch; a deferred
+    evaluation's record covers every position since the previous one."""
     target = tiny_model("qwen2", seed=2)
     models = drafter_zoo(target, seed=2)
     temperature = 0.7
     prompt = torch.tensor([[11, 12, 13, 11, 12]])
     kw = dict(do_sample=True, temperature=temperature, seed=1) if do_sample else {}
     out = hs.generate(target, prompt, drafters=models + [NGramDrafter()], max_new_tokens=30, draft_len=3,
-                      policy="hedgespec", eos_token_id=None, **kw)
+                      policy=f"hedgespec@eval_every={eval_every}", eos_token_id=None, **kw)
     seq = out.sequences[0]
     target_logits = full_logits(target, seq)
     drafter_logits = [full_logits(m, seq) for m in models]
-    pos = prompt.shape[1]
+    start = pos = prompt.shape[1]
+    evaluated = 0
     for record in out.stats.records:
-        rows = slice(pos - 1, pos - 1 + record.emitted)
+        pos += record.emitted
+        if record.gamma is None:
+            continue
+        rows = slice(start - 1, pos - 1)
         t = target_logits[rows] / temperature
         for i, q_logits in enumerate(drafter_logits):
             q = q_logits[rows] / temperature
@@ -118,7 +124,10 @@ def test_recorded_gamma_equals_recomputation(do_sample):
             else:
                 expected = (q.argmax(-1) == t.argmax(-1)).float()
             torch.testing.assert_close(torch.tensor(record.gamma[i]), expected, atol=1e-4, rtol=1e-4)
-        pos += record.emitted
+        evaluated += pos - start
+        start = pos
+    assert evaluated == out.stats.new_tokens  # every position was evaluated exactly once
+    assert (out.stats.evaluations < out.stats.rounds) == (eval_every > 1)
 
 
 def test_evaluator_warps_drafters_like_the_target():

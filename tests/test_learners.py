@@ -113,7 +113,7 @@ def test_loss_stream_releases_windows_in_order():
 
 
 def test_expert_policy_learns_from_gamma():
-    policy = hs.HedgeSpecSelector(3, choice="argmax")
+    policy = hs.HedgeSpecSelector(3, choice="argmax", objective="mat")
     policy.begin(3, draft_len=2)
     for _ in range(60):
         gamma = torch.tensor([[0.2, 0.3], [0.9, 0.8], [0.5, 0.5]])

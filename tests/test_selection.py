@@ -21,6 +21,7 @@ def ranked():
 
 
 def run(target, drafters, prompts, policy, **kw):
+    kw.setdefault("objective", "mat")  # these checks are about MAT at a fixed K
     return [hs.generate(target, p, drafters=drafters, max_new_tokens=60, policy=policy, draft_len=4,
                         eos_token_id=None, seed=i, **kw).stats for i, p in enumerate(prompts)]
 
@@ -47,7 +48,7 @@ def test_hedgespec_settles_on_the_best_and_beats_random(ranked):
 
 def test_warm_selector_carries_over_prompts(ranked):
     target, drafters, prompts = ranked
-    selector = hs.HedgeSpecSelector(len(drafters))
+    selector = hs.HedgeSpecSelector(len(drafters), objective="mat")
     first = run(target, drafters, prompts[:1], selector)[0]
     steps_after_first = int(selector.step)
     later = run(target, drafters, prompts[1:], selector)

@@ -21,7 +21,8 @@ def setup():
 def test_stats_add_up(setup):
     target, drafters = setup
     prompt = torch.tensor([[5, 6, 7, 8, 9]])
-    out = hs.generate(target, prompt, drafters=drafters, max_new_tokens=40, draft_len=4, eos_token_id=None)
+    out = hs.generate(target, prompt, drafters=drafters, max_new_tokens=40, draft_len=4, eos_token_id=None,
+                      objective="mat")  # evaluated every round: every record holds γ
     s = out.stats
     assert s.rounds == len(s.records) == sum(s.drafter_counts)
     assert s.new_tokens == out.sequences.shape[1] - prompt.shape[1] == sum(r.emitted for r in s.records)

@@ -171,7 +171,7 @@ def test_tree_gamma_is_the_top_l_mass(llama):
 
     target, drafters = llama
     out = hs.generate(target, PROMPT, drafters=drafters, max_new_tokens=16, tree="depth=3,topk=3,total=8",
-                      policy="hedgespec", eos_token_id=None)
+                      policy="hedgespec", objective="mat", eos_token_id=None)  # mat: γ recorded every round
     seq = out.sequences[0]
     with torch.no_grad():
         t_logits = target(seq.view(1, -1)).logits[0]

@@ -4,10 +4,13 @@ from __future__ import annotations
 import torch
 
 from ..cache import gather, new_cache, truncate
-from ..modeling import context_length, forward_logits, param_device_dtype, vocab_size
+from ..cost import timed
+from ..modeling import context_length, forward_rows, param_device_dtype, vocab_size
 from ..trees import TokenTree, check_tree_attention
 from .base import Beliefs, DraftContext, Proposal
 from .tree_growth import grow
+
+PADDING_TOLERANCE = 0.01  # output sizes within 1 % of the target's count as one tokenizer, padded differently
 
 
 class HFDrafter:
@@ -18,11 +21,16 @@ class HFDrafter:
     was not asked to evaluate wait in ``backlog`` and are fed in one forward when next needed (lazy catch-up), so a
     drafter that is neither chosen nor evaluated costs nothing.
 
+    Every logit tensor kept here has a leading row dimension (``[rows, n, V]``): one row for a plain model, one per
+    member for :class:`~.stacked.StackedDrafters`, whose batch rows are different models fed the same tokens.
+
     Parameters
     ----------
-    model : a transformers causal LM sharing the target's vocabulary.
+    model : a transformers causal LM sharing the target's vocabulary (or a stacked model with ``rows`` batch rows).
     name : label in stats (defaults to the model's class name).
     """
+
+    rows = 1
 
     def __init__(self, model, name: str | None = None):
         self.model = model
@@ -32,47 +40,67 @@ class HFDrafter:
         self.device, self.dtype = param_device_dtype(model)
         self.cache = None
 
+    @property
+    def pending(self) -> torch.Tensor:
+        """The logits after the last committed token, ``[1, V]`` (row 0)."""
+        return self.pending_rows[0]
+
     # -- lifecycle ---------------------------------------------------------------------------------------------------
-    def prefill(self, ids: torch.Tensor) -> None:
+    def prefill(self, ids: torch.Tensor, calibrate: bool = False) -> float | None:
+        """Feed the prompt. With ``calibrate``, its last token goes in a forward of its own whose seconds are
+        returned: what one drafting step costs, measured without an extra token of work."""
         self.cache = new_cache()
         self.fed = 0
         self.backlog: list[torch.Tensor] = []
-        self.draft_rows: torch.Tensor | None = None
+        self.draft_rows: torch.Tensor | None = None  # [rows, k, V] after propose, until commit
         self.tree_rows: torch.Tensor | None = None  # [F, V] after propose_tree, until settle_tree
-        self.pending = None
-        self.owed: list[torch.Tensor] = []  # logit rows of committed positions not yet reported, in order
+        self.pending_rows = None  # [rows, 1, V]
+        self.owed: list[torch.Tensor] = []  # [rows, n, V] logit rows of committed positions not yet reported, in order
         self.owed_positions = 0
-        self._feed(ids.reshape(-1), keep=1)
+        tokens = ids.reshape(-1)
+        if not calibrate or tokens.shape[0] < 2:
+            self._feed(tokens, keep=1)
+            return None
+        self._feed(tokens[:-1], keep=1)
+        return timed(lambda: self._feed(tokens[-1:], keep=1), self.device)[1]
+
+    def _forward(self, tokens: torch.Tensor, keep: int) -> torch.Tensor:
+        return self.fit_vocab(forward_rows(self.model, tokens, self.cache, keep, self.rows))  # [rows, keep, V]
 
     def _feed(self, tokens: torch.Tensor, keep: int) -> torch.Tensor:
-        """Feed committed tokens; returns the last ``keep`` logit rows and updates ``pending``."""
-        rows = forward_logits(self.model, tokens, self.cache, keep)
+        """Feed committed tokens; returns the last ``keep`` logit rows ``[rows, keep, V]`` and updates ``pending``."""
+        out = self._forward(tokens, keep)
         self.fed += int(tokens.shape[0])
-        self.pending = rows[-1:]
-        return rows
+        self.pending_rows = out[:, -1:]
+        return out
 
     def _catch_up(self) -> None:
-        """Feed the backlog in one forward. Its rows are owed beliefs (but the last, which is ``pending``) when
-        positions are owed; otherwise only the last row is computed."""
+        """Feed the backlog in one forward, computing logits only where they are needed: the owed positions not known
+        yet (the last ones of the backlog; earlier backlog positions were skipped by the evaluation) and ``pending``."""
         if not self.backlog:
             return
         tokens = torch.cat(self.backlog)
         self.backlog = []
-        if self.owed_positions:
-            rows = self._feed(tokens, keep=int(tokens.shape[0]))
-            self.owed.append(rows[:-1])  # the last row is ``pending``: it belongs to the next committed position
-        else:
-            self._feed(tokens, keep=1)
+        missing = self.owed_positions - sum(int(rows.shape[1]) for rows in self.owed)
+        out = self._feed(tokens, keep=missing + 1)
+        if missing:
+            self.owed.append(out[:, :-1])  # the last row is ``pending``: it belongs to the next committed position
+
+    @property
+    def lag(self) -> int:
+        """Committed tokens not fed yet (the backlog that the next forward catches up on)."""
+        return sum(int(t.shape[0]) for t in self.backlog)
 
     # -- a round -----------------------------------------------------------------------------------------------------
-    def propose(self, k: int, ctx: DraftContext) -> Proposal:
+    def propose(self, k: int, ctx: DraftContext, row: int = 0) -> Proposal:
+        """Draft ``k`` tokens from row ``row``'s distributions (every row is fed the same draft tokens)."""
         self._catch_up()
         start = ctx.length
-        rows = [self.pending]
+        steps = [self.pending_rows]  # [rows, 1, V] each
         probs = []
         drafted = 0
         for j in range(k):
-            warped = ctx.warp(ctx.ids, rows[j], start + j)  # [1, V]
+            warped = ctx.warp(ctx.ids, steps[j][row], start + j)  # [1, V]
             if ctx.do_sample:
                 p = warped.softmax(dim=-1)
                 token = self._sample(p, ctx.generator)
@@ -84,10 +112,11 @@ class HFDrafter:
             if ctx.stop is not None and ctx.stop(warped[0]):
                 break
             if j < k - 1:
-                rows.append(forward_logits(self.model, token, self.cache, keep=1))
-        self.draft_rows = torch.cat(rows[:drafted]) if drafted else None
+                steps.append(self._forward(token, keep=1))
+        self.draft_rows = torch.cat(steps[:drafted], dim=1) if drafted else None
         tokens = ctx.ids[0, start : start + drafted].clone()
-        return Proposal(tokens=tokens, probs=torch.cat(probs) if probs else None, logits=self.draft_rows)
+        logits = self.draft_rows[row] if drafted else None
+        return Proposal(tokens=tokens, probs=torch.cat(probs) if probs else None, logits=logits)
 
     def _sample(self, probs: torch.Tensor, generator) -> torch.Tensor:
         try:
@@ -117,7 +146,7 @@ class HFDrafter:
             kept += 1
         keep = torch.tensor(slots[:kept], dtype=torch.long, device=self.device)
         gather(self.cache, self.fed, keep)
-        self.draft_rows = torch.cat([self.pending, self.tree_rows[keep]])
+        self.draft_rows = torch.cat([self.pending, self.tree_rows[keep]]).unsqueeze(0)
         self.tree_rows = None
         return kept
 
@@ -128,18 +157,23 @@ class HFDrafter:
         round's and any deferred ones, in order); False → defer them (keep what reporting them later needs);
         None → nobody will ask (keep nothing).
         """
+        rows = self.commit_rows(emitted, n_accepted, want_beliefs)
+        return None if rows is None else Beliefs(logits=rows[0])
+
+    def commit_rows(self, emitted: torch.Tensor, n_accepted: int, want_beliefs: bool | None) -> torch.Tensor | None:
+        """:meth:`commit` for every row: the beliefs ``[rows, n, V]`` when ``want_beliefs``, else None."""
         if self.tree_rows is not None:
             raise RuntimeError(f"drafter {self.name!r} grew a tree that was never settled: call settle_tree first")
         m = int(emitted.shape[0])
         if self.draft_rows is not None:
             # Draft rows 0..n_accepted were computed on the true prefix; so were the first c fed draft tokens.
-            valid = min(n_accepted + 1, self.draft_rows.shape[0], m)
+            valid = min(n_accepted + 1, self.draft_rows.shape[1], m)
             truncate(self.cache, self.fed + valid - 1)
             self.fed += valid - 1
-            known, to_feed = self.draft_rows[:valid], emitted[valid - 1 :]
+            known, to_feed = self.draft_rows[:, :valid], emitted[valid - 1 :]
             self.draft_rows = None
         else:
-            known, to_feed = (self.pending if not self.backlog else None), emitted
+            known, to_feed = (self.pending_rows if not self.backlog else None), emitted
         self.backlog.append(to_feed)
         if want_beliefs is None:
             self.owed, self.owed_positions = [], 0
@@ -150,27 +184,41 @@ class HFDrafter:
         if not want_beliefs:
             return None
         self._catch_up()
-        beliefs = torch.cat(self.owed)
-        assert beliefs.shape[0] == self.owed_positions, "owed belief rows out of step with committed positions"
+        beliefs = torch.cat(self.owed, dim=1)
+        assert beliefs.shape[1] == self.owed_positions, "owed belief rows out of step with committed positions"
         self.owed, self.owed_positions = [], 0
-        return Beliefs(logits=beliefs)
+        return beliefs
 
-    def check_compatible(self, target_vocab: int, device: torch.device, dtype: torch.dtype, needed_len: int) -> None:
-        """Raise a clear error when this drafter cannot serve the target and prompt at hand."""
+    def check_compatible(self, target_vocab: int, device: torch.device, dtype: torch.dtype, needed_len: int,
+                         real_vocab: int | None = None) -> None:
+        """Raise a clear error when this drafter cannot serve the target and prompt at hand.
+
+        Vocabularies: a drafter whose output size differs from the target's only by padding rows (one tokenizer,
+        embedding tables rounded up differently, e.g. Qwen2.5-7B's 152064 against Qwen2.5-0.5B's 151936) is accepted:
+        its logits are cut or padded with −inf to the target's size, so it can never draft a token it does not have,
+        and verification against the target's own distribution keeps the output exact. It counts as padding when the
+        tokenizer's ``real_vocab`` fits in both, or, with no tokenizer given, when the sizes differ by at most
+        ``PADDING_TOLERANCE`` (1 %) of the target's. Either way a wrong guess costs speed, never exactness: whatever a
+        drafter proposes, the target's own distribution decides. A drafter in another dtype (an fp32 or int8
+        drafter for a bf16 target) is compared in fp32.
+        """
         if self.vocab_size != target_vocab:
-            raise ValueError(
-                f"drafter {self.name!r} has a vocabulary of {self.vocab_size} tokens "
-                f"but the target has {target_vocab}: "
-                "drafters must share the target's tokenizer and output vocabulary"
-            )
+            if real_vocab is not None:
+                padded = real_vocab <= min(self.vocab_size, target_vocab)
+                why = f"the tokenizer has {real_vocab} tokens"
+            else:
+                padded = abs(self.vocab_size - target_vocab) <= PADDING_TOLERANCE * target_vocab
+                why = "pass the tokenizer (hs.generate(tokenizer=...)) if one tokenizer serves both"
+            if not padded:
+                raise ValueError(
+                    f"drafter {self.name!r} has a vocabulary of {self.vocab_size} tokens "
+                    f"but the target has {target_vocab} ({why}): "
+                    "drafters must share the target's tokenizer; their output sizes may differ only by padding"
+                )
+        self.target_vocab = target_vocab
         if self.device != device:
             raise ValueError(
                 f"drafter {self.name!r} is on {self.device} but the target is on {device}: move it with .to()"
-            )
-        if self.dtype != dtype:
-            raise ValueError(
-                f"drafter {self.name!r} has dtype {self.dtype} but the target has {dtype}: "
-                f"cast it with .to({dtype}) so both score tokens in the same precision"
             )
         if self.max_context is not None and needed_len > self.max_context:
             raise ValueError(
@@ -178,3 +226,12 @@ class HFDrafter:
                 "(prompt + max_new_tokens): shorten the prompt, lower max_new_tokens or drop this drafter"
             )
 
+    def fit_vocab(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits ``[..., V_drafter]`` → ``[..., V_target]``: padding rows cut, or missing ones added at −inf."""
+        target = getattr(self, "target_vocab", None)
+        size = logits.shape[-1]
+        if target is None or size == target:
+            return logits
+        if size > target:
+            return logits[..., :target]
+        return torch.nn.functional.pad(logits, (0, target - size), value=float("-inf"))

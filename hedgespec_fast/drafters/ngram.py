@@ -24,6 +24,7 @@ class NGramDrafter:
     """
 
     vocab_size = None  # proposes token ids from the sequence: compatible with any vocabulary
+    free_beliefs = True  # its beliefs cost a dictionary lookup: evaluated every round, whatever the schedule
 
     def __init__(self, ngram_sizes: Sequence[int] = (3, 2), name: str = "ngram"):
         sizes = sorted({int(n) for n in ngram_sizes}, reverse=True)
@@ -61,6 +62,10 @@ class NGramDrafter:
                     return self.seq[pos]
         return None
 
+    def has_proposal(self) -> bool:
+        """Whether the current suffix matches anything (else :meth:`propose` drafts nothing)."""
+        return self.lookup() is not None
+
     def propose(self, k: int, ctx: DraftContext) -> Proposal:
         undo: list = []
         draft: list[int] = []
@@ -95,5 +100,6 @@ class NGramDrafter:
         beliefs, self.owed = self.owed, []
         return Beliefs(tokens=torch.tensor(beliefs, dtype=torch.long, device=emitted.device))
 
-    def check_compatible(self, target_vocab: int, device: torch.device, dtype: torch.dtype, needed_len: int) -> None:
+    def check_compatible(self, target_vocab: int, device: torch.device, dtype: torch.dtype, needed_len: int,
+                         real_vocab: int | None = None) -> None:
         return None

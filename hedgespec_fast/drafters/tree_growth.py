@@ -38,7 +38,8 @@ def _feed(drafter, tokens: torch.Tensor, depths: torch.Tensor, tree_part: torch.
     fed slots (and which of the new nodes) each new node sees. Returns their logits ``[q, V]``."""
     mask = tree_attention_mask(drafter.model, prefix_mask(drafter.fed, tree_part))
     positions = (depths + drafter.fed - 1).view(1, -1)
-    return forward_logits(drafter.model, tokens, drafter.cache, keep=0, attention_mask=mask, position_ids=positions)
+    rows = forward_logits(drafter.model, tokens, drafter.cache, keep=0, attention_mask=mask, position_ids=positions)
+    return drafter.fit_vocab(rows)
 
 
 def _log_probs(warped: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,8 @@ __all__ = [
 
 
 def _drafter_policy(name: str, n: int, config, kwargs: dict) -> Policy:
-    expert = dict(loss=config.loss, level=config.level, choice=config.choice, backend=config.backend)
+    expert = dict(loss=config.loss, level=config.level, choice=config.choice, backend=config.backend,
+                  objective=config.objective)
     if name == "hedgespec":
         return HedgeSpecSelector(n, **expert, **kwargs)
     if name in ("hedge", "adanormalhedge", "normalhedge"):

@@ -25,7 +25,7 @@ class _CountingBandit(Policy):
     def _index(self, counts, means, t) -> list[float]:
         raise NotImplementedError
 
-    def choose(self) -> int:
+    def choose(self, awake=None) -> int:
         counts = self.counts.tolist()
         for arm, n in enumerate(counts):  # round-robin until every arm has been pulled once
             if n == 0:
@@ -92,7 +92,7 @@ class EXP3Spec(Policy):
         eta = math.sqrt(math.log(max(n, 2)) / ((float(self.t.item()) + 1) * n))
         return torch.softmax(-eta * (self.cum_estimate - self.cum_estimate.min()), dim=0)
 
-    def choose(self) -> int:
+    def choose(self, awake=None) -> int:
         w = self._current()
         self.played.copy_(w)
         return int(torch.multinomial(w.float(), 1, generator=self.generator).item())
@@ -150,15 +150,19 @@ class TapOut(Policy):
         return bool(self.drafter_policy is not None and self.drafter_policy.full_information)
 
     @property
+    def partial_information(self):
+        return bool(self.drafter_policy is not None and self.drafter_policy.partial_information)
+
+    @property
     def needs_block_reward(self):
         return bool(self.drafter_policy is not None and self.drafter_policy.needs_block_reward)
 
-    def begin(self, n_drafters: int, draft_len: int, seed: int | None = None) -> None:
+    def begin(self, n_drafters: int, draft_len: int, seed: int | None = None, costs=None) -> None:
         super().begin(n_drafters, draft_len, seed)
         if self.drafter_policy is not None:
-            self.drafter_policy.begin(n_drafters, draft_len, None if seed is None else seed + 1)
+            self.drafter_policy.begin(n_drafters, draft_len, None if seed is None else seed + 1, costs)
 
-    def choose(self) -> int:
+    def choose(self, awake=None) -> int:
         counts, sums = self.counts.tolist(), self.sums.tolist()
         untried = [a for a, n in enumerate(counts) if n == 0]
         if untried:
@@ -167,10 +171,13 @@ class TapOut(Policy):
             t = sum(counts)
             index = [s / n + math.sqrt(2 * math.log(t) / n) for s, n in zip(sums, counts)]
             self.arm = max(range(len(index)), key=index.__getitem__)
-        return self.drafter_policy.choose() if self.drafter_policy is not None else 0
+        return self.drafter_policy.choose(awake) if self.drafter_policy is not None else 0
 
     def stop_rule(self):
         return STOP_RULES[self.rules[self.arm]]
+
+    def draft_length(self) -> int:
+        return self.drafter_policy.draft_length() if self.drafter_policy is not None else self.draft_len
 
     def update(self, outcome: RoundOutcome) -> None:
         if outcome.drafted:

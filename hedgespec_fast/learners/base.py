@@ -20,6 +20,9 @@ class RoundOutcome:
     draft_len : the configured K.
     gamma : ``[N, m]`` fp32 γ of every drafter at the ``m`` emitted positions (full information), or None when the
         round was not evaluated.
+    awake : ``[N, m]`` bool beside ``gamma``: where each drafter had a proposal (None: everywhere).
+    skipped : the round's positions will never be evaluated (the evaluation schedule skipped them): a gap in the
+        positions the learner sees.
     block_reward : MetaSD's block-divergence reward of the chosen drafter (mean 1 − TV over all drafted positions), or
         None when the policy did not ask for it.
     """
@@ -31,17 +34,21 @@ class RoundOutcome:
     draft_len: int
     gamma: torch.Tensor | None = None
     block_reward: float | None = None
+    awake: torch.Tensor | None = None
+    skipped: bool = False
 
 
 class Policy(nn.Module):
     """Chooses a drafter each round and learns from the outcome. State lives in buffers (``state_dict`` / ``.to``).
 
     Class attributes tell the decoder what to compute for it: ``full_information`` (γ of every drafter each round),
-    ``needs_block_reward`` (MetaSD's reward). ``stop_rule()`` may return a per-token stopping rule for drafting.
+    ``partial_information`` (γ of only the free drafters is also welcome), ``needs_block_reward`` (MetaSD's reward).
+    ``stop_rule()`` may return a per-token stopping rule for drafting.
     """
 
     full_information = False
     needs_block_reward = False
+    partial_information = False  # learns from rounds where only some drafters were evaluated (γ rows NaN = unknown)
 
     def __init__(self, n_drafters: int):
         super().__init__()
@@ -51,8 +58,12 @@ class Policy(nn.Module):
         self.generator = torch.Generator()
         self.generator.manual_seed(0)
 
-    def begin(self, n_drafters: int, draft_len: int, seed: int | None = None) -> None:
-        """Start a new prompt. Learned state is kept (warm start); per-prompt state is reset."""
+    def begin(self, n_drafters: int, draft_len: int, seed: int | None = None, costs=None) -> None:
+        """Start a new prompt. Learned state is kept (warm start); per-prompt state is reset.
+
+        ``draft_len`` is K (the upper bound K_max for policies that choose the length); ``costs`` is the generation's
+        :class:`~hedgespec_fast.cost.CostModel`, for policies that weigh arms by their measured cost.
+        """
         if n_drafters != self.n_drafters:
             raise ValueError(f"this policy was built for {self.n_drafters} drafters but the pool has {n_drafters}")
         self.draft_len = draft_len
@@ -63,11 +74,17 @@ class Policy(nn.Module):
         """A U[0, 1) draw from the policy's own generator (CPU)."""
         return torch.rand(1, generator=self.generator)
 
-    def choose(self) -> int:
+    def choose(self, awake=None) -> int:
+        """The drafter for the next round. ``awake`` (list of bool per drafter, or None) says which drafters have a
+        proposal now; policies that treat drafters as sleeping experts choose among those."""
         raise NotImplementedError
 
     def update(self, outcome: RoundOutcome) -> None:
         raise NotImplementedError
+
+    def draft_length(self) -> int:
+        """K for the round just chosen (policies over (drafter, K) arms choose it; the others draft ``draft_len``)."""
+        return self.draft_len
 
     def stop_rule(self) -> Callable | None:
         return None

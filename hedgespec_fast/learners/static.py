@@ -15,7 +15,7 @@ class Fixed(Policy):
             raise ValueError(f"fixed:{index} names no drafter: the pool has {n_drafters} (indices 0..{n_drafters - 1})")
         self.index = index
 
-    def choose(self) -> int:
+    def choose(self, awake=None) -> int:
         return self.index
 
     def update(self, outcome: RoundOutcome) -> None:
@@ -25,7 +25,7 @@ class Fixed(Policy):
 class Random(Policy):
     """A uniformly random drafter every round."""
 
-    def choose(self) -> int:
+    def choose(self, awake=None) -> int:
         return int(torch.randint(self.n_drafters, (1,), generator=self.generator).item())
 
     def update(self, outcome: RoundOutcome) -> None:
@@ -39,7 +39,7 @@ class Oracle(Policy):
     mean accepted tokens per target call (ties: fewer target calls, then the lower index).
     """
 
-    def choose(self) -> int:  # pragma: no cover - generate() never runs the oracle as a round policy
+    def choose(self, awake=None) -> int:  # pragma: no cover - generate() never runs the oracle as a round policy
         raise RuntimeError("the oracle is resolved by generate(), which runs every fixed drafter")
 
     def update(self, outcome: RoundOutcome) -> None:  # pragma: no cover

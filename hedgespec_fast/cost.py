@@ -1,0 +1,146 @@
+"""Measured costs of a round → the expected seconds of every (drafter, draft length) arm.
+
+The cost model sees timings, never models. Per round the decoder reports how long each phase took (CPU clocks, or
+CUDA events read once they have completed, so no host sync is added) and what the round did (which drafter, how
+many tokens drafted, how many the target verified, how many positions were evaluated). From those it keeps:
+
+- ``verify[n]``: seconds of a target verification forward over ``n`` tokens (K + 1 for a chain of K), one running
+  mean per ``n`` seen. Verification cost is not linear in ``n`` on every machine (on a memory-bound GPU it is flat up
+  to dozens of tokens; on a CPU whose GEMM is slow for small batches it jumps from n = 1 to n = 2 and is flat again
+  after), so each ``n`` is measured, and an unseen ``n`` is interpolated between its measured neighbours and taken
+  equal to the largest measured one beyond them (optimistic: an arm is tried before it is ruled out).
+- ``draft[i]``: seconds per drafted token of drafter ``i`` (a model drafter runs one forward per token).
+- ``evaluate``: seconds the full-information evaluation costs per round (0 in the rounds it is deferred).
+- ``overhead``: everything else in a round (selection, learner update, bookkeeping).
+
+Expected cost of an arm (i, K):  C(i, K) = verify[K + 1] + K·draft[i] + evaluate + overhead  (ALGORITHMS.md §3).
+All running means are exponential (``decay``), so costs follow a machine whose speed drifts.
+"""
+from __future__ import annotations
+
+import math
+import time
+import weakref
+
+import torch
+
+
+class CostModel:
+    """Running estimates of a round's costs.
+
+    Parameters
+    ----------
+    n_drafters : N.
+    decay : weight of the newest measurement in every running mean.
+    """
+
+    def __init__(self, n_drafters: int, decay: float = 0.2):
+        self.n_drafters, self.decay = n_drafters, decay
+        self.verify: dict[int, float] = {}
+        self.draft: list[float | None] = [None] * n_drafters
+        self.evaluate = 0.0
+        self.overhead = 0.0
+        self.work = 0.0  # a round's seconds outside evaluation (drafting, verifying, overhead)
+        self.rounds = 0
+        self.eval_forward: float | None = None  # seconds of one evaluation forward (all drafters), when it ran
+
+    # -- measurements ------------------------------------------------------------------------------------------------
+    def _mean(self, old: float | None, new: float) -> float:
+        return new if old is None else old + self.decay * (new - old)
+
+    def observe_verify(self, tokens: int, seconds: float) -> None:
+        self.verify[tokens] = self._mean(self.verify.get(tokens), seconds)
+
+    def observe_draft(self, drafter: int, tokens: int, seconds: float) -> None:
+        if tokens > 0:
+            self.draft[drafter] = self._mean(self.draft[drafter], seconds / tokens)
+
+    def observe_round(self, chosen: int, drafted: int, verified: int, times: dict, evaluated: bool,
+                      clean_draft: bool = True) -> None:
+        """One round's phase seconds (``select, draft, verify, evaluate, update``)."""
+        self.rounds += 1
+        if clean_draft:
+            self.observe_draft(chosen, drafted, times["draft"])
+        self.observe_verify(verified, times["verify"])
+        first = self.rounds == 1
+        # evaluation comes in bursts (a batch, then skipped rounds): its per-round cost is a long-run mean
+        slow = self.decay / 10
+        self.evaluate = times["evaluate"] if first else self.evaluate + slow * (times["evaluate"] - self.evaluate)
+        if evaluated:
+            self.eval_forward = self._mean(self.eval_forward, times["evaluate"])
+        self.overhead = self._mean(None if first else self.overhead, times["select"] + times["update"])
+        self.work = self._mean(None if first else self.work, sum(times.values()) - times["evaluate"])
+
+    # -- estimates ---------------------------------------------------------------------------------------------------
+    def verify_seconds(self, tokens: int) -> float | None:
+        """Seconds of a verification forward over ``tokens`` tokens (None before any was measured)."""
+        if not self.verify:
+            return None
+        if tokens in self.verify:
+            return self.verify[tokens]
+        seen = sorted(self.verify)
+        lower = [n for n in seen if n < tokens]
+        upper = [n for n in seen if n > tokens]
+        if lower and upper:
+            a, b = lower[-1], upper[0]
+            t = (tokens - a) / (b - a)
+            return self.verify[a] + t * (self.verify[b] - self.verify[a])
+        return self.verify[lower[-1]] if lower else self.verify[upper[0]]
+
+    def uncalibrated(self) -> list[int]:
+        """Drafters whose drafting cost was never measured."""
+        return [i for i, d in enumerate(self.draft) if d is None]
+
+    def draft_seconds(self, drafter: int) -> float:
+        """Seconds per drafted token of ``drafter``; an unmeasured drafter is assumed free (optimistic)."""
+        value = self.draft[drafter]
+        return 0.0 if value is None else value
+
+    def arm_seconds(self, arms: list[tuple[int, int]]) -> torch.Tensor | None:
+        """Expected seconds of a round for each arm ``(drafter, K)`` ``[E]`` fp32, or None before any verification was
+        measured."""
+        if not self.verify:
+            return None
+        fixed = self.evaluate + self.overhead
+        costs = [self.verify_seconds(k + 1) + k * self.draft_seconds(i) + fixed for i, k in arms]
+        return torch.tensor(costs, dtype=torch.float32)
+
+    def round_seconds(self, drafter: int, k: int) -> float | None:
+        seconds = self.arm_seconds([(drafter, k)])
+        return None if seconds is None else float(seconds[0])
+
+    def summary(self) -> dict:
+        """The estimates, JSON-ready (milliseconds)."""
+        def ms(x):
+            return None if x is None or (isinstance(x, float) and math.isnan(x)) else 1e3 * x
+
+        return {"verify_ms": {n: ms(v) for n, v in sorted(self.verify.items())},
+                "draft_ms_per_token": [ms(d) for d in self.draft], "evaluate_ms_per_round": ms(self.evaluate),
+                "overhead_ms_per_round": ms(self.overhead), "work_ms_per_round": ms(self.work),
+                "evaluation_ms": ms(self.eval_forward), "rounds": self.rounds}
+
+
+_SHARED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def shared_cost_model(target, pool_key: tuple, n_drafters: int) -> CostModel:
+    """The cost model of this target and pool, kept across ``generate`` calls while the target lives: costs belong to
+    the models and the machine, not to a prompt, so a second call starts calibrated. Keyed by the target's device
+    and dtype and the pool's drafter identities."""
+    first = next(target.parameters())
+    key = (str(first.device), first.dtype, pool_key)
+    models = _SHARED.setdefault(target, {})
+    if key not in models or models[key].n_drafters != n_drafters:
+        models[key] = CostModel(n_drafters)
+    return models[key]
+
+
+def timed(fn, device: torch.device):
+    """``fn()`` and its wall seconds (synchronising a CUDA device before and after: use outside the round loop)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    result = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return result, time.perf_counter() - start
