@@ -47,6 +47,9 @@ class SpecConfig:
         an int, rounds in between feed no learner round yet (their positions are evaluated later, nothing is lost)
         and other drafters catch up lazily (HedgeSpec App. B.5's system-efficient variant, **[reconstructed]**).
     eval_budget : with ``eval_every="auto"``, the share of round time that evaluation may take.
+    prompt_warmup : the prompt warm start: full-information learners first see γ of every drafter at the prompt's
+        last this many positions (the target and the drafters compute those logits during prefill anyway; only that
+        many rows of their LM heads are added). 0 turns it off. See ``feedback.PromptScores``.
     skip_eval_above : skip the evaluation while the learner's top weight is above this (1.0 = never skip).
     seed : seeds the sampling generator and the policy's own randomness; ``None`` uses torch's global RNG.
     backend : kernel backend for γ and the learner update (``"auto" | "triton" | "torch"``).
@@ -67,6 +70,7 @@ class SpecConfig:
     choice: str = "sample"
     eval_every: Any = None
     eval_budget: float = 0.1
+    prompt_warmup: int = 32
     skip_eval_above: float = 1.0
     seed: int | None = None
     backend: str = "auto"
@@ -88,6 +92,8 @@ class SpecConfig:
         if self.eval_every != "auto" and (isinstance(self.eval_every, bool) or not isinstance(self.eval_every, int)
                                           or self.eval_every < 1):
             raise ValueError(f"eval_every must be an int >= 1 or 'auto', got {self.eval_every!r}")
+        if isinstance(self.prompt_warmup, bool) or not isinstance(self.prompt_warmup, int) or self.prompt_warmup < 0:
+            raise ValueError(f"prompt_warmup must be an int >= 0, got {self.prompt_warmup!r}")
         if not 0.0 < self.eval_budget <= 1.0:
             raise ValueError(f"eval_budget must be in (0, 1], got {self.eval_budget!r}")
         parse_tree(self.tree)  # a bad tree spec fails here, with the reason

@@ -9,7 +9,7 @@ from .cache import new_cache
 from .config import SpecConfig
 from .cost import CostModel, shared_cost_model
 from .drafters.base import DraftContext
-from .feedback import EvaluationSchedule, Evaluator
+from .feedback import EvaluationSchedule, Evaluator, PromptScores
 from .learners.base import Policy, RoundOutcome
 from .logits import LogitsWarp
 from .modeling import forward_logits
@@ -67,15 +67,22 @@ class SpeculativeDecoder:
         ids = torch.empty((1, self.max_length + draft_len + 1), dtype=torch.long, device=device)
         ids[:, :start_len] = prompt
         cache = new_cache()  # the target's cache holds every committed token but the last
-        if start_len > 1:
-            forward_logits(self.target, ids[0, : start_len - 1], cache, keep=1)
         costs = self._cost_model(policy)
-        for i, seconds in pool.prefill(ids[:, :start_len], calibrate=costs.uncalibrated()).items():
-            costs.observe_draft(i, 1, seconds)
         policy.begin(len(pool), draft_len, cfg.seed, costs=costs)
+        tracks = policy.full_information or cfg.record_gamma
+        warm = min(cfg.prompt_warmup, start_len - 1) if policy.full_information else 0
+        if start_len > 1:  # with the warm start, the target's logits at the prompt's last `warm` positions are kept
+            prompt_rows = forward_logits(self.target, ids[0, : start_len - 1], cache, keep=max(warm, 1))
+        prompt = PromptScores(self.evaluator, prompt_rows, self.warp, ids, start_len, len(pool)) if warm else None
+        steps = pool.prefill(ids[:, :start_len], calibrate=costs.uncalibrated(), beliefs=warm,
+                             on_beliefs=prompt.score if prompt else None)
+        for i, seconds in steps.items():
+            costs.observe_draft(i, 1, seconds)
+        if prompt is not None:  # full information on the user's own text, before the first draft
+            policy.observe_prompt(*prompt.result())
+            stats.prompt_positions = warm
         stats.prefill_s = time.perf_counter() - t0
         length, finished = start_len, start_len >= self.max_length
-        tracks = policy.full_information or cfg.record_gamma
         owed, owed_start = [], start_len  # target rows of rounds whose γ is not computed yet, and where they start
 
         while not finished:

@@ -187,3 +187,46 @@ class EvaluationSchedule:
         if self.every != "auto" or costs.eval_forward is None or costs.work <= 0:
             return
         self.skip_left = max(0, math.ceil(costs.eval_forward / (self.budget * costs.work)) - rounds)
+
+
+class PromptScores:
+    """γ of every drafter at the prompt's last P positions: the prompt warm start.
+
+    At prefill the target already runs over the prompt and every drafter prefills it too; keeping their logits at
+    the last P positions gives γ_s[i] there with no extra forward (only P rows of each LM head), full information on
+    the user's own text before round one. Drafters are scored one at a time, as the pool prefills them
+    (:meth:`score`), so at most the target's rows ``[P, V]`` (warped and raw) and one drafter's ``[rows, P, V]`` are
+    alive at once: memory ≤ (2 + rows) · P · V · 4 bytes (P = 32, V = 152k: 58 MB for a plain drafter).
+
+    Parameters
+    ----------
+    evaluator : the generation's :class:`Evaluator` (same warping and acceptance mode as the rounds).
+    target_rows : the target's raw logits ``[P, V]`` predicting prompt positions L − P … L − 1.
+    warp, ids, prompt_len, n_drafters : the generation's warp, sequence buffer, prompt length L, pool size.
+    """
+
+    def __init__(self, evaluator: Evaluator, target_rows: torch.Tensor, warp, ids: torch.Tensor, prompt_len: int,
+                 n_drafters: int):
+        self.evaluator, self.ids = evaluator, ids
+        self.positions = target_rows.shape[0]
+        self.start = prompt_len - self.positions
+        self.raw = target_rows
+        self.warped = warp(ids, target_rows, self.start)
+        self.gamma = torch.full((n_drafters, self.positions), float("nan"), device=target_rows.device)
+        self.awake = torch.ones((n_drafters, self.positions), dtype=torch.bool, device=target_rows.device)
+
+    def score(self, indices: list[int], beliefs: list[Beliefs] | None) -> None:
+        """Score the drafters ``indices`` (a stack's members, or one drafter) on their prompt ``beliefs``; None leaves
+        them unknown (NaN: asleep for the learner)."""
+        if beliefs is None:
+            return
+        rows = self.evaluator.gamma(self.warped, self.raw, beliefs, self.ids, self.start)
+        awake = self.evaluator.awake(beliefs)
+        for j, i in enumerate(indices):
+            self.gamma[i] = rows[j]
+            if awake is not None:
+                self.awake[i] = awake[j]
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """γ ``[N, P]`` and where each drafter had a proposal (None: everywhere)."""
+        return self.gamma, (None if bool(self.awake.all()) else self.awake)

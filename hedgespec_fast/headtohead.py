@@ -31,6 +31,7 @@ from transformers.generation.streamers import BaseStreamer
 from .config import split_policy_options
 from .drafters import NGramDrafter
 from .hf import generate as hs_generate
+from .learners import HedgeSpecSelector
 
 CODE_PROMPTS = (
     "Write a Python function `merge_intervals(intervals)` that merges overlapping intervals and returns them sorted. "
@@ -104,6 +105,8 @@ class Method:
     drafter: str | None = None
     k: int | None = None
     policy: str | None = None
+    warm: bool = False  # hedgespec: one selector reused across the prompts (a server's setting), not one per prompt
+    selector: object = None
 
 
 def default_methods(names: list[str], lm_drafters: list[str], hf_best_k: dict[str, int], draft_len: int) -> list:
@@ -112,7 +115,8 @@ def default_methods(names: list[str], lm_drafters: list[str], hf_best_k: dict[st
         methods.append(Method(f"hf-assisted:{d}", "hf-assisted", drafter=d))
         if d in hf_best_k:
             methods.append(Method(f"hf-assisted:{d}@K={hf_best_k[d]}", "hf-assisted", drafter=d, k=hf_best_k[d]))
-    for policy in ("hedgespec", "hedgespec@objective=mat", "ucbspec", "metasd", "hedgespec+tapout"):
+    methods.append(Method("hedgespec (warm)", "hedgespec", policy="hedgespec", warm=True))
+    for policy in ("hedgespec", "hedgespec@objective=mat", "ucbspec", "metasd", "tapout"):
         methods.append(Method(policy, "hedgespec", policy=policy))
     for i, name in enumerate(names):
         methods.append(Method(f"fixed:{name}", "hedgespec", policy=f"fixed:{i}@draft_len={draft_len}"))
@@ -147,7 +151,12 @@ def run_method(method: Method, target, drafters: dict, ids: torch.Tensor, *, max
              config.assistant_confidence_threshold) = saved
     else:
         pool = list(drafters.values())
-        spec = hs_generate(target, ids, drafters=pool, policy=method.policy, draft_len=draft_len, seed=seed,
+        policy = method.policy
+        if method.warm:
+            if method.selector is None:
+                method.selector = HedgeSpecSelector(len(pool)).to(ids.device)
+            policy = method.selector
+        spec = hs_generate(target, ids, drafters=pool, policy=policy, draft_len=draft_len, seed=seed,
                            streamer=clock, **common)
         out, stats = spec.sequences, spec.stats
     wall = time.perf_counter() - start

@@ -9,6 +9,7 @@ import torch
 from .drafters import as_drafter
 from .drafters.base import Beliefs, DraftContext, Proposal
 from .drafters.hf import HFDrafter
+from .drafters.ngram import NGramDrafter
 from .drafters.stacked import AUTO_MAX_PARAMS, StackedDrafters, StackedMember, StackingError, stack_signature
 
 logger = logging.getLogger(__name__)
@@ -71,17 +72,30 @@ class DrafterPool:
             except TypeError:  # a user drafter written against the four-argument protocol
                 d.check_compatible(target_vocab, device, dtype, needed_len)
 
-    def prefill(self, ids: torch.Tensor, calibrate: Sequence[int] = ()) -> dict[int, float]:
+    def prefill(self, ids: torch.Tensor, calibrate: Sequence[int] = (), beliefs: int = 0,
+                on_beliefs=None) -> dict[int, float]:
         """Feed the prompt to every drafter; the drafters in ``calibrate`` also time one drafting step (their prompt's
-        last token fed alone). Returns those seconds by pool index (model drafters only)."""
+        last token fed alone). Returns those seconds by pool index (model drafters only).
+
+        With ``beliefs = P``, ``on_beliefs(indices, [Beliefs, …])`` is called after each drafter (or stack) with its
+        beliefs at the prompt's last P positions, so a caller can score them and let them go before the next drafter
+        keeps its own: at most one drafter's ``[rows, P, V]`` logits are alive at a time.
+        """
         steps: dict[int, float] = {}
         for unit, indices in self.units:
-            if any(i in calibrate for i in indices) and isinstance(unit, HFDrafter):
-                seconds = unit.prefill(ids, calibrate=True)
+            if isinstance(unit, HFDrafter):
+                seconds, rows = unit.prefill(ids, calibrate=any(i in calibrate for i in indices), beliefs=beliefs)
                 if seconds is not None:
                     steps.update({i: seconds for i in indices})
-            else:
+                found = None if rows is None else [Beliefs(logits=r) for r in rows]
+            elif isinstance(unit, NGramDrafter):
+                tokens = unit.prefill(ids, beliefs=beliefs)
+                found = None if tokens is None else [Beliefs(tokens=tokens)]
+            else:  # a user drafter: the protocol's prefill(ids), no prompt beliefs
                 unit.prefill(ids)
+                found = None
+            if on_beliefs is not None and beliefs:
+                on_beliefs(indices, found)
         return steps
 
     @property

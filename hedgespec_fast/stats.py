@@ -90,6 +90,7 @@ class GenerationStats:
     oracle_choice: int | None = None
     costs: dict | None = None  # the cost model's estimates at the end (ms), see hedgespec_fast.cost
     evaluations: int = 0  # rounds whose full-information evaluation ran
+    prompt_positions: int = 0  # prompt positions the learner saw before round one (the prompt warm start)
 
     @property
     def mean_accepted(self) -> float:
@@ -134,6 +135,7 @@ class GenerationStats:
             "oracle_choice": self.oracle_choice,
             "costs": self.costs,
             "evaluations": self.evaluations,
+            "prompt_positions": self.prompt_positions,
         }
 
     def as_dict(self) -> dict:

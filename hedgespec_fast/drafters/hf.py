@@ -46,9 +46,17 @@ class HFDrafter:
         return self.pending_rows[0]
 
     # -- lifecycle ---------------------------------------------------------------------------------------------------
-    def prefill(self, ids: torch.Tensor, calibrate: bool = False) -> float | None:
-        """Feed the prompt. With ``calibrate``, its last token goes in a forward of its own whose seconds are
-        returned: what one drafting step costs, measured without an extra token of work."""
+    def prefill(self, ids: torch.Tensor, calibrate: bool = False, beliefs: int = 0):
+        """Feed the prompt ``[1, L]``.
+
+        With ``calibrate``, its last token goes in a forward of its own whose seconds are returned: what one drafting
+        step costs, measured without an extra token of work. With ``beliefs = P`` (P < L), the logits at the prompt's
+        last P positions (L − P … L − 1, each predicted from the prompt before it) are kept too: the prompt warm start.
+
+        Returns
+        -------
+        (seconds or None, Beliefs rows ``[rows, P, V]`` or None)
+        """
         self.cache = new_cache()
         self.fed = 0
         self.backlog: list[torch.Tensor] = []
@@ -58,11 +66,13 @@ class HFDrafter:
         self.owed: list[torch.Tensor] = []  # [rows, n, V] logit rows of committed positions not yet reported, in order
         self.owed_positions = 0
         tokens = ids.reshape(-1)
+        beliefs = min(beliefs, tokens.shape[0] - 1)
         if not calibrate or tokens.shape[0] < 2:
-            self._feed(tokens, keep=1)
-            return None
-        self._feed(tokens[:-1], keep=1)
-        return timed(lambda: self._feed(tokens[-1:], keep=1), self.device)[1]
+            out = self._feed(tokens, keep=beliefs + 1)
+            return None, (out[:, :-1] if beliefs else None)
+        out = self._feed(tokens[:-1], keep=max(beliefs, 1))
+        seconds = timed(lambda: self._feed(tokens[-1:], keep=1), self.device)[1]
+        return seconds, (out if beliefs else None)
 
     def _forward(self, tokens: torch.Tensor, keep: int) -> torch.Tensor:
         return self.fit_vocab(forward_rows(self.model, tokens, self.cache, keep, self.rows))  # [rows, keep, V]

@@ -35,12 +35,21 @@ class NGramDrafter:
         self.seq: list[int] = []
         self.index: dict[int, dict[tuple, int]] = {}
 
-    def prefill(self, ids: torch.Tensor) -> None:
+    def prefill(self, ids: torch.Tensor, beliefs: int = 0) -> torch.Tensor | None:
+        """Index the prompt; with ``beliefs = P``, return the proposals ``[P]`` (−1 = none) it would have made at the
+        prompt's last P positions (the prompt warm start)."""
         self.owed: list[int] = []  # proposals at committed positions not yet reported
         self.seq = []
         self.index = {n: {} for n in self.sizes}
-        for token in ids.reshape(-1).tolist():
+        tokens = ids.reshape(-1).tolist()
+        first = len(tokens) - min(beliefs, len(tokens) - 1)
+        guesses = []
+        for j, token in enumerate(tokens):
+            if beliefs and j >= first:
+                guess = self.lookup()
+                guesses.append(-1 if guess is None else guess)
             self._append(token)
+        return torch.tensor(guesses, dtype=torch.long, device=ids.device) if beliefs else None
 
     def _append(self, token: int, undo: list | None = None) -> None:
         length = len(self.seq)

@@ -176,6 +176,10 @@ class TapOut(Policy):
     def stop_rule(self):
         return STOP_RULES[self.rules[self.arm]]
 
+    def observe_prompt(self, gamma, awake=None) -> None:
+        if self.drafter_policy is not None:
+            self.drafter_policy.observe_prompt(gamma, awake)
+
     def draft_length(self) -> int:
         return self.drafter_policy.draft_length() if self.drafter_policy is not None else self.draft_len
 

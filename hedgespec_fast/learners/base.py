@@ -86,6 +86,11 @@ class Policy(nn.Module):
         """K for the round just chosen (policies over (drafter, K) arms choose it; the others draft ``draft_len``)."""
         return self.draft_len
 
+    def observe_prompt(self, gamma: torch.Tensor, awake: torch.Tensor | None = None) -> None:
+        """γ ``[N, P]`` of every drafter at the prompt's last P positions (the prompt warm start), before round one.
+        Policies that learn only from what they play ignore it."""
+        return None
+
     def stop_rule(self) -> Callable | None:
         return None
 

@@ -150,6 +150,11 @@ class ExpertPolicy(Policy):
             arm_awake = counts > 0
         kernels.hedge_update(losses, *state, awake=None if bool(arm_awake.all()) else arm_awake, **common)
 
+    def observe_prompt(self, gamma: torch.Tensor, awake: torch.Tensor | None = None) -> None:
+        """The prompt's positions are positions like the generated ones: the same loss stream, so windows run on from
+        the prompt into the answer."""
+        self.update(RoundOutcome(self._drafter, 0, 0, int(gamma.shape[1]), self.draft_len, gamma, None, awake))
+
     def weights(self) -> torch.Tensor:
         """The distribution over drafters (under the throughput objective: each drafter's arms summed, the no-draft
         arm left out)."""
