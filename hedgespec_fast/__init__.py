@@ -4,10 +4,11 @@
 >>> out = hs.generate(target, input_ids, drafters=[small_a, small_b, hs.NGramDrafter()], max_new_tokens=128)
 >>> out.sequences, out.stats.mean_accepted, out.stats.drafter_counts
 >>> target.generate(input_ids, custom_generate=hs.custom_generate, drafters=[small_a, hs.NGramDrafter()])
+>>> hs.attach(target, drafters=[small_a, hs.NGramDrafter()])   # existing model.generate / pipeline code speculates
 """
 from .config import SpecConfig
 from .drafters import HFDrafter, NGramDrafter
-from .hf import SpeculativeOutput, custom_generate, generate
+from .hf import SpeculativeOutput, attach, custom_generate, detach, generate
 from .learners import (
     POLICIES,
     EXP3Spec,
@@ -24,10 +25,11 @@ from .learners import (
 from .stats import GenerationStats
 from .trees import DynamicTree, MultiDraft, StaticTree
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
-    "generate", "custom_generate", "SpeculativeOutput", "SpecConfig", "GenerationStats", "POLICIES", "make_policy",
+    "generate", "custom_generate", "attach", "detach", "SpeculativeOutput", "SpecConfig", "GenerationStats",
+    "POLICIES", "make_policy",
     "HFDrafter", "NGramDrafter", "Policy", "HedgeSpecSelector", "ExpertPolicy", "UCBSpec", "EXP3Spec", "MetaSDUCB",
     "TapOut", "Fixed", "Random", "DynamicTree", "StaticTree", "MultiDraft",
 ]

@@ -193,11 +193,14 @@ def _tokens_after_rounds(row: dict, rounds: int) -> int:
 
 
 def regret_curve(rows: list[dict], oracle_rows: list[dict]) -> list[float]:
-    """Mean over prompts of (oracle tokens − policy tokens) after t target calls, t = 1, 2, …"""
-    horizon = max((len(r["emitted"]) for r in rows), default=0)
+    """Mean over prompts of (oracle tokens − policy tokens) after t target calls, t = 1, 2, …, counting a prompt only
+    while both runs are still generating (once the faster run has finished, the slower one catches up to the same
+    text and the gap would fall back to 0 for everyone: that is not "no regret")."""
+    pairs = [(r, o, min(len(r["emitted"]), len(o["emitted"]))) for r, o in zip(rows, oracle_rows)]
+    horizon = max((n for _, _, n in pairs), default=0)
     curve = []
     for t in range(1, horizon + 1):
-        gaps = [_tokens_after_rounds(o, t) - _tokens_after_rounds(r, t) for r, o in zip(rows, oracle_rows)]
+        gaps = [_tokens_after_rounds(o, t) - _tokens_after_rounds(r, t) for r, o, n in pairs if t <= n]
         curve.append(sum(gaps) / len(gaps))
     return curve
 
@@ -279,13 +282,16 @@ def plot(results: dict, workload_name: str, path: str | Path, policies: list[str
     left.legend(fontsize=8, ncol=2)
     if "hedgespec" in per_policy:
         _share_over_stream(right, per_policy["hedgespec"], names)
-    return _save(fig, path)
+    fig.text(0.01, 0.005, "Left: oracle tokens − policy tokens after t target calls, mean over the prompts on which "
+             "both runs are still generating at t (a prompt leaves the mean when either run finishes).",
+             fontsize=7, ha="left", va="bottom")
+    return _save(fig, path, bottom=0.05)
 
 
-def _save(fig, path: str | Path) -> Path:
+def _save(fig, path: str | Path, bottom: float = 0.0) -> Path:
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, bottom, 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

@@ -59,6 +59,12 @@ class SpecConfig:
         boundary: exact per-phase wall time, extra host syncs) or ``"off"``.
     stack_drafters : run drafters of one architecture and shape as one stacked model (one forward evaluates them
         all, :mod:`hedgespec_fast.drafters.stacked`): ``"auto"`` (small models on CUDA), True or False. Chains only.
+    cache_implementation : ``"static"`` for static KV caches (target and drafters; rollback in place, the layout
+        CUDA graphs need), None / ``"dynamic"`` otherwise. ``generate(cache_implementation="static")`` sets it, as
+        transformers' own option.
+    cuda_graphs : with a static cache on a CUDA device, replay the target's verification forward as one CUDA graph
+        per number of verified tokens (captured on first use, kept with the target's static cache across calls;
+        a bucket whose capture fails runs eagerly, saying why). Ignored on CPU.
     """
 
     draft_len: int | None = None
@@ -77,6 +83,8 @@ class SpecConfig:
     record_gamma: bool = False
     timings: str = "auto"
     stack_drafters: Any = "auto"
+    cache_implementation: str | None = None
+    cuda_graphs: bool = True
     policy_kwargs: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -92,6 +100,9 @@ class SpecConfig:
         if self.eval_every != "auto" and (isinstance(self.eval_every, bool) or not isinstance(self.eval_every, int)
                                           or self.eval_every < 1):
             raise ValueError(f"eval_every must be an int >= 1 or 'auto', got {self.eval_every!r}")
+        if self.cache_implementation not in (None, "dynamic", "static"):
+            raise ValueError("cache_implementation must be 'static', 'dynamic' or None, "
+                             f"got {self.cache_implementation!r}")
         if isinstance(self.prompt_warmup, bool) or not isinstance(self.prompt_warmup, int) or self.prompt_warmup < 0:
             raise ValueError(f"prompt_warmup must be an int >= 0, got {self.prompt_warmup!r}")
         if not 0.0 < self.eval_budget <= 1.0:

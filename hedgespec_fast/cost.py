@@ -121,17 +121,21 @@ class CostModel:
 
 
 _SHARED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+SHARED_POOLS_PER_TARGET = 8  # a server that builds new drafter objects per request must not grow this forever
 
 
 def shared_cost_model(target, pool_key: tuple, n_drafters: int) -> CostModel:
     """The cost model of this target and pool, kept across ``generate`` calls while the target lives: costs belong to
     the models and the machine, not to a prompt, so a second call starts calibrated. Keyed by the target's device
-    and dtype and the pool's drafter identities."""
+    and dtype and the pool's drafter identities; the last ``SHARED_POOLS_PER_TARGET`` pools are kept."""
     first = next(target.parameters())
     key = (str(first.device), first.dtype, pool_key)
     models = _SHARED.setdefault(target, {})
     if key not in models or models[key].n_drafters != n_drafters:
         models[key] = CostModel(n_drafters)
+    models[key] = models.pop(key)  # most recently used last
+    while len(models) > SHARED_POOLS_PER_TARGET:
+        models.pop(next(iter(models)))
     return models[key]
 
 

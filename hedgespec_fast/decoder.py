@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import time
+import weakref
 
 import torch
 
-from .cache import new_cache
+from .cache import is_static, new_cache, truncate
 from .config import SpecConfig
 from .cost import CostModel, shared_cost_model
 from .drafters.base import DraftContext
 from .feedback import EvaluationSchedule, Evaluator, PromptScores
+from .graphs import GraphedForward
 from .learners.base import Policy, RoundOutcome
 from .logits import LogitsWarp
 from .modeling import forward_logits
@@ -20,6 +22,7 @@ from .stats import PHASES, GenerationStats, PhaseTimer, RoundRecord
 
 MAX_DEFERRED_ROUNDS = 32
 MAX_DEFERRED_POSITIONS = 128  # owed target rows: 128 × V × 8 bytes (warped + raw), 156 MB at V = 152k
+_STATIC: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # target → {length: (static cache, graphs)}
 
 
 class SpeculativeDecoder:
@@ -66,7 +69,9 @@ class SpeculativeDecoder:
         # Scratch room past max_length for a full draft; ids[:, :length] is always the committed text.
         ids = torch.empty((1, self.max_length + draft_len + 1), dtype=torch.long, device=device)
         ids[:, :start_len] = prompt
-        cache = new_cache()  # the target's cache holds every committed token but the last
+        # Static caches hold the longest sequence a round can feed (the committed text plus a full draft or tree).
+        cache_len = self.max_length + spec.width + 1 if cfg.cache_implementation == "static" else None
+        cache = self._target_cache(cache_len)  # the target's cache holds every committed token but the last
         costs = self._cost_model(policy)
         policy.begin(len(pool), draft_len, cfg.seed, costs=costs)
         tracks = policy.full_information or cfg.record_gamma
@@ -75,7 +80,7 @@ class SpeculativeDecoder:
             prompt_rows = forward_logits(self.target, ids[0, : start_len - 1], cache, keep=max(warm, 1))
         prompt = PromptScores(self.evaluator, prompt_rows, self.warp, ids, start_len, len(pool)) if warm else None
         steps = pool.prefill(ids[:, :start_len], calibrate=costs.uncalibrated(), beliefs=warm,
-                             on_beliefs=prompt.score if prompt else None)
+                             on_beliefs=prompt.score if prompt else None, cache_len=cache_len)
         for i, seconds in steps.items():
             costs.observe_draft(i, 1, seconds)
         if prompt is not None:  # full information on the user's own text, before the first draft
@@ -194,6 +199,22 @@ class SpeculativeDecoder:
                 if float(weights.max()) > self.config.skip_eval_above:
                     return "defer"
         return decision
+
+    def _target_cache(self, cache_len: int | None):
+        """A fresh dynamic cache; or the target's static cache for this length, reused (rewound) across calls together
+        with its CUDA graphs (``cuda_graphs``), so capture happens once per bucket, not once per generation."""
+        if cache_len is None:
+            return new_cache()
+        kept = _STATIC.setdefault(self.target, {})
+        if cache_len not in kept:
+            cache = new_cache(self.target, cache_len)
+            graphs = self.config.cuda_graphs and is_static(cache)
+            kept.clear()  # one static cache per target: the buffers are sequence-length sized
+            kept[cache_len] = (cache, GraphedForward(self.target, cache) if graphs else None)
+        cache, graphed = kept[cache_len]
+        truncate(cache, 0)
+        self.speculation.graphed = graphed
+        return cache
 
     def _cost_model(self, policy) -> CostModel:
         """The policy's cost model when it carries one over (a selector reused across calls), else the one shared by

@@ -7,6 +7,9 @@ logits processors (temperature, top-k, top-p, min-new-tokens, …) and the stopp
 """
 from __future__ import annotations
 
+import functools
+import inspect
+import logging
 import os
 from dataclasses import dataclass
 
@@ -99,6 +102,26 @@ def _oracle(model, input_ids, pool, config, streamer, common) -> SpeculativeOutp
     return SpeculativeOutput(sequences, stats)
 
 
+def _dropped_streamer():
+    """The ``streamer=`` that transformers' ``generate`` took but did not pass on to a callable ``custom_generate``
+    (it keeps only keywords that its own decoding methods do not have), read from that ``generate`` call's frame.
+    transformers has already put the prompt into it; the rounds and ``end()`` are ours. Without this a threaded
+    ``TextIteratorStreamer`` would wait forever."""
+    frame = inspect.currentframe()
+    try:
+        caller = frame.f_back
+        for _ in range(6):
+            caller = caller.f_back if caller is not None else None
+            if caller is None:
+                return None
+            code = caller.f_code
+            if code.co_name == "generate" and "transformers" in code.co_filename and "streamer" in caller.f_locals:
+                return caller.f_locals["streamer"]
+        return None
+    finally:
+        del frame
+
+
 def _spec_config(spec_config, policy, draft_len, tree, seed, objective=None) -> SpecConfig:
     policy, options = split_policy_options(policy)  # "hedgespec@objective=mat" → policy + options
     given = dict(policy=policy, draft_len=draft_len, tree=tree, seed=seed, objective=objective)
@@ -125,13 +148,24 @@ def custom_generate(model, input_ids, logits_processor, stopping_criteria, gener
         )
     mask = model_kwargs.get("attention_mask")
     if mask is not None and not bool((mask == 1).all()):
-        raise NotImplementedError("padded prompts are not supported yet: pass one unpadded prompt")
+        raise NotImplementedError(
+            "the attention mask has zeros: padded prompts are not supported yet. If the prompt is not padded, "
+            "transformers inferred padding because the pad token "
+            f"({getattr(generation_config, 'pad_token_id', None)}) occurs in it (chat templates often contain it): "
+            "pass attention_mask=torch.ones_like(input_ids)")
     for flag in ("output_scores", "output_logits", "output_attentions", "output_hidden_states"):
         if getattr(generation_config, flag, False):
             raise NotImplementedError(f"{flag}=True is not supported by hedgespec-fast's speculative generation")
     config = _spec_config(spec_config, policy, draft_len, tree, seed, objective)
+    wanted = getattr(generation_config, "cache_implementation", None)
+    if wanted == "static" and config.cache_implementation is None:  # transformers' own option, honoured
+        config = SpecConfig.from_kwargs(config, cache_implementation="static")
+    elif wanted not in (None, "static", "dynamic"):
+        logger.warning("hedgespec: cache_implementation=%r is not supported; using a dynamic cache", wanted)
+    # transformers puts the prompt into a streamer, then hands the callable everything but the streamer
+    streamer = spec_streamer or streamer or _dropped_streamer()
     out = speculative_decode(model, input_ids, logits_processor, stopping_criteria, generation_config, drafters,
-                             config, streamer=spec_streamer or streamer, tokenizer=spec_tokenizer)
+                             config, streamer=streamer, tokenizer=spec_tokenizer)
     if return_spec_output:
         return out
     if getattr(generation_config, "return_dict_in_generate", False):
@@ -179,11 +213,87 @@ def generate(target, input_ids, drafters, max_new_tokens: int = 128, policy="hed
     SpeculativeOutput with ``sequences [1, L + new]`` and ``stats``.
     """
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p) if do_sample else {}
-    if streamer is not None:
-        streamer.put(input_ids.cpu())
-    return target.generate(
+    return target.generate(  # transformers puts the prompt into the streamer; the rounds go through spec_streamer
         input_ids, custom_generate=custom_generate, drafters=drafters, policy=policy, draft_len=draft_len, tree=tree,
-        seed=seed, spec_config=spec_config, objective=objective, spec_streamer=streamer, spec_tokenizer=tokenizer,
-        return_spec_output=True,
+        seed=seed, spec_config=spec_config, objective=objective, streamer=streamer, spec_streamer=streamer,
+        spec_tokenizer=tokenizer, return_spec_output=True,
         max_new_tokens=max_new_tokens, do_sample=do_sample, **sampling, **generate_kwargs,
     )
+
+
+# -- the drop-in: model.generate becomes speculative ------------------------------------------------------------------
+logger = logging.getLogger(__name__)
+_SPEC_KEYS = ("policy", "draft_len", "tree", "seed", "spec_config", "objective")
+
+
+def _why_not_speculative(args, kwargs) -> str | None:
+    """Why a ``generate`` call cannot run speculatively (then it runs as transformers would), or None."""
+    ids = kwargs.get("input_ids", kwargs.get("inputs", args[0] if args else None))
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
+        return "the prompt is not a [batch, length] tensor of token ids"
+    if ids.shape[0] != 1:
+        return f"batch size {ids.shape[0]} (speculation here is batch size 1)"
+    config = kwargs.get("generation_config")
+    beams = kwargs.get("num_beams", getattr(config, "num_beams", 1) if config is not None else 1)
+    if (beams or 1) > 1:
+        return "beam search"
+    for key in ("assistant_model", "prompt_lookup_num_tokens", "custom_generate"):
+        if kwargs.get(key) is not None:
+            return f"{key}= asks for another decoding method"
+    mask = kwargs.get("attention_mask")
+    if mask is not None and not bool((mask == 1).all()):
+        return "a padded prompt"
+    return None
+
+
+def attach(model, drafters, **spec_options):
+    """Make ``model.generate`` speculative: existing code — ``model.generate(…, streamer=TextIteratorStreamer(…))``
+    in a thread, ``pipeline("text-generation", model=model)``, ``TextStreamer`` — runs through hedgespec with its
+    streamers fed and ended, output identical to what it produced before (greedy) or distributed like it. The
+    convention of Liger-Kernel's ``apply_liger_kernel_to_*``: patch once, call as before, :func:`detach` to undo.
+
+    Calls speculation cannot serve (batch > 1, beam search, padded prompts, another assistant) run as transformers
+    would, with a warning naming the reason, so nothing that worked stops working.
+
+    Parameters
+    ----------
+    model : a transformers causal LM (the target).
+    drafters : as for :func:`generate`.
+    spec_options : ``policy``, ``draft_len``, ``tree``, ``seed``, ``spec_config``, ``objective``, ``tokenizer``.
+
+    Returns
+    -------
+    The same model.
+    """
+    unknown = set(spec_options) - set(_SPEC_KEYS) - {"tokenizer"}
+    if unknown:
+        raise TypeError(f"unknown option(s) {sorted(unknown)} for hs.attach; known: {sorted(_SPEC_KEYS)} and tokenizer")
+    if drafters is None or len(drafters) == 0:
+        raise ValueError("hs.attach needs drafters=[...] (models sharing the target's vocabulary or hs.NGramDrafter())")
+    detach(model)
+    original = model.generate
+    options = {k: v for k, v in spec_options.items() if k != "tokenizer"}
+    if spec_options.get("tokenizer") is not None:
+        options["spec_tokenizer"] = spec_options["tokenizer"]
+
+    @functools.wraps(original)
+    def generate(*args, **kwargs):
+        reason = _why_not_speculative(args, kwargs)
+        if reason is not None:
+            logger.warning("hedgespec: this generate() call runs without speculation: %s", reason)
+            return original(*args, **kwargs)
+        # transformers puts the prompt into the streamer; the rounds come through spec_streamer
+        return original(*args, custom_generate=custom_generate, drafters=drafters,
+                        spec_streamer=kwargs.get("streamer"), **{**options, **kwargs})
+
+    model.generate = generate
+    model._hedgespec_attached = dict(original=original, drafters=drafters, options=options)
+    return model
+
+
+def detach(model):
+    """Undo :func:`attach` (a no-op on a model that is not attached). Returns the model."""
+    if getattr(model, "_hedgespec_attached", None) is not None:
+        del model.generate  # the instance attribute: the class's generate shows through again
+        del model._hedgespec_attached
+    return model

@@ -12,6 +12,15 @@ def _accepts_logits_to_keep(model_cls) -> bool:
     return "logits_to_keep" in inspect.signature(model_cls.forward).parameters
 
 
+@lru_cache(maxsize=None)
+def cache_keyword(model_cls) -> str:
+    """The keyword a model's ``forward`` takes its KV cache by: ``cache`` (transformers ≥ 5.2x, where
+    ``past_key_values`` is deprecated) or ``past_key_values`` (earlier releases, and models that never moved).
+    The one place that knows about the rename."""
+    parameters = inspect.signature(model_cls.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
 def forward_logits(model, tokens: torch.Tensor, cache, keep: int, **extra) -> torch.Tensor:
     """Feed ``tokens [n]`` (appended after what ``cache`` holds); return the last ``keep`` rows of logits ``[keep, V]``.
 
@@ -25,7 +34,7 @@ def forward_rows(model, tokens: torch.Tensor, cache, keep: int, rows: int = 1, *
     """:func:`forward_logits` for a model whose batch rows are separate models (a stack of drafters): ``tokens [n]`` go
     to every row; returns the last ``keep`` rows of logits of each, ``[rows, keep, V]`` (``keep = 0``: all ``n``)."""
     ids = tokens.view(1, -1).expand(rows, -1)
-    kwargs = dict(input_ids=ids, past_key_values=cache, use_cache=True, **extra)
+    kwargs = {"input_ids": ids, cache_keyword(type(model)): cache, "use_cache": True, **extra}
     if keep and _accepts_logits_to_keep(type(model)):
         kwargs["logits_to_keep"] = keep
     logits = model(**kwargs).logits

@@ -119,9 +119,21 @@ def model_dir(source: GGUFSource, root: Path | None = None) -> Path:
     return (root or home()) / "models" / source.name
 
 
+def _converted(folder: Path) -> bool:
+    """A complete conversion, written by a transformers of the running one's major version (configs changed keys
+    between 4.x and 5.x, e.g. rope_theta → rope_parameters: an older release would read a newer config wrongly)."""
+    done = folder / DONE_FILE
+    if not done.exists():
+        return False
+    import transformers
+
+    written = json.loads(done.read_text()).get("transformers")
+    return written is None or written.split(".")[0] == transformers.__version__.split(".")[0]
+
+
 def is_fetched(name: str, root: Path | None = None) -> bool:
     bundle = _bundle(name)
-    return all((model_dir(s, root) / DONE_FILE).exists() for s in (bundle.target, *bundle.drafters))
+    return all(_converted(model_dir(s, root)) for s in (bundle.target, *bundle.drafters))
 
 
 def available() -> list[dict]:
@@ -161,7 +173,7 @@ def fetch(name: str, root: str | Path | None = None, keep_downloads: bool = Fals
 
 def _fetch_one(source: GGUFSource, root: Path, keep_downloads: bool, progress: bool) -> Path:
     out = model_dir(source, root)
-    if (out / DONE_FILE).exists():
+    if _converted(out):
         return out
     work = root / "downloads" / source.name
     gguf = work / f"{source.name}.gguf"
@@ -281,6 +293,7 @@ def _convert(gguf: Path, out: Path, source: GGUFSource) -> None:
     weights are dense after loading: once every Linear is checked to be a plain ``nn.Linear``, the quantizer marks are
     dropped and the model saves (and reloads) as an ordinary checkpoint.
     """
+    import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     partial = out.with_name(out.name + ".partial")
@@ -299,7 +312,8 @@ def _convert(gguf: Path, out: Path, source: GGUFSource) -> None:
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
     (partial / DONE_FILE).write_text(json.dumps(dict(source=source.name, packages=list(source.packages),
-                                                     gguf_sha256=source.sha256, dtype="bfloat16"), indent=2))
+                                                     gguf_sha256=source.sha256, dtype="bfloat16",
+                                                     transformers=transformers.__version__), indent=2))
     shutil.rmtree(out, ignore_errors=True)
     partial.replace(out)
 

@@ -73,18 +73,20 @@ class DrafterPool:
                 d.check_compatible(target_vocab, device, dtype, needed_len)
 
     def prefill(self, ids: torch.Tensor, calibrate: Sequence[int] = (), beliefs: int = 0,
-                on_beliefs=None) -> dict[int, float]:
+                on_beliefs=None, cache_len: int | None = None) -> dict[int, float]:
         """Feed the prompt to every drafter; the drafters in ``calibrate`` also time one drafting step (their prompt's
         last token fed alone). Returns those seconds by pool index (model drafters only).
 
         With ``beliefs = P``, ``on_beliefs(indices, [Beliefs, …])`` is called after each drafter (or stack) with its
         beliefs at the prompt's last P positions, so a caller can score them and let them go before the next drafter
-        keeps its own: at most one drafter's ``[rows, P, V]`` logits are alive at a time.
+        keeps its own: at most one drafter's ``[rows, P, V]`` logits are alive at a time. ``cache_len``: model
+        drafters use static KV caches of that many positions.
         """
         steps: dict[int, float] = {}
         for unit, indices in self.units:
             if isinstance(unit, HFDrafter):
-                seconds, rows = unit.prefill(ids, calibrate=any(i in calibrate for i in indices), beliefs=beliefs)
+                seconds, rows = unit.prefill(ids, calibrate=any(i in calibrate for i in indices), beliefs=beliefs,
+                                             cache_len=cache_len)
                 if seconds is not None:
                     steps.update({i: seconds for i in indices})
                 found = None if rows is None else [Beliefs(logits=r) for r in rows]

@@ -12,14 +12,14 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .cache import gather, truncate
+from .cache import gather, mask_width, pad_mask, truncate
 from .kernels.reference import MAX_TOP_L  # the acceptance kernels' largest L
 from .drafters.base import Beliefs, DraftContext
 from .modeling import forward_logits
 from .tree_verify import verify_tree
 from .trees import (DynamicTree, MultiDraft, SampledChains, StaticTree, TokenTree, TreeSource, chain_tree,
-                    check_tree_attention, merge_trees, parse_tree, prefix_mask, tree_attention_mask, warp_at_nodes,
-                    with_depth)
+                    check_tree_attention, max_nodes, merge_trees, parse_tree, prefix_mask, tree_attention_mask,
+                    warp_at_nodes, with_depth)
 from .verify import verify_greedy, verify_sampling
 
 
@@ -64,7 +64,9 @@ class ChainSpeculation:
 
     def __init__(self, target, pool, warp, do_sample: bool, draft_len: int):
         self.target, self.pool, self.warp, self.do_sample, self.depth = target, pool, warp, do_sample, draft_len
+        self.width = draft_len + 1  # the most tokens one verification feeds (a cache must have room for them)
         self.host_syncs = 0
+        self.graphed = None  # a GraphedForward of the target over its static cache, when CUDA graphs are on
 
     def draft(self, chosen: int, budget: int, ctx: DraftContext, weights) -> int:
         """Draft at most ``budget`` tokens; returns how many. ``weights()`` gives the policy's distribution over
@@ -75,7 +77,11 @@ class ChainSpeculation:
 
     def verify(self, cache, generator) -> Verified:
         ids, length, k = self.ctx.ids, self.ctx.length, len(self.proposal)
-        raw = forward_logits(self.target, ids[0, length - 1 : length + k], cache, keep=k + 1)  # [k+1, V]
+        tokens = ids[0, length - 1 : length + k]
+        if self.graphed is not None and self.graphed.cache is cache:  # CUDA graph per k + 1 over the static cache
+            raw = self.graphed(tokens, k + 1)[0]
+        else:
+            raw = forward_logits(self.target, tokens, cache, keep=k + 1)  # [k+1, V]
         p = self.warp(ids, raw, length)
         if self.do_sample:
             packed = verify_sampling(self.proposal.tokens, self.proposal.probs, p, generator)
@@ -107,6 +113,7 @@ class TreeSpeculation:
     def __init__(self, target, pool, warp, do_sample: bool, shape):
         self.target, self.pool, self.warp, self.do_sample, self.shape = target, pool, warp, do_sample, shape
         self.depth = shape.depth
+        self.width = max_nodes(shape, len(pool)) + 1  # the most tree nodes one verification (or growth) feeds
         self.top_l = None if shape.top_l is None else min(shape.top_l, MAX_TOP_L)
         self.host_syncs = 0
         self._guess_rng = None  # multi-draft "chains" under greedy decoding
@@ -145,7 +152,8 @@ class TreeSpeculation:
     # -- verify --------------------------------------------------------------------------------------------------------
     def verify(self, cache, generator) -> Verified:
         tree, ids, length = self.tree, self.ctx.ids, self.ctx.length
-        mask = tree_attention_mask(self.target, prefix_mask(length - 1, tree.ancestors()))
+        allowed = prefix_mask(length - 1, tree.ancestors())
+        mask = tree_attention_mask(self.target, pad_mask(allowed, mask_width(cache, allowed.shape[-1])))
         raw = forward_logits(self.target, tree.tokens, cache, keep=0, attention_mask=mask,
                              position_ids=tree.position_ids(length - 1))  # [n, V]: after every node
         p = warp_at_nodes(self.warp, ids, length, raw, tree.tokens, tree.parents)

@@ -196,6 +196,22 @@ _SPEC_HELP = ('write e.g. "depth=5,topk=4,total=32", "static:depth=3,topk=2", "p
               '"chains:k=4,depth=5", "drafters:k=3,depth=5" or "shared:depth=5,topk=4,total=32"')
 
 
+def max_nodes(shape, n_drafters: int) -> int:
+    """The most draft nodes a round with ``shape`` (depth resolved) feeds at once: the target verifies at most this
+    many after the root, and a drafter growing it feeds at most this many slots (the room a static cache needs)."""
+    depth = shape.depth
+    growth = max(depth - 1, 0) * getattr(shape, "topk", 0)
+    if isinstance(shape, DynamicTree):
+        return max(shape.total, growth)
+    if isinstance(shape, StaticTree):
+        return len(shape.paths)
+    if shape.source == "chains":
+        return shape.k * depth
+    if shape.source == "drafters":
+        return min(shape.k, n_drafters) * depth
+    return max(shape.total, growth)  # shared: the shares add up to total; each grower feeds at most its own tree
+
+
 def parse_tree(spec):
     """A tree shape from ``tree=``: None (chain), a shape object, or a string (see the module docstring).
 

@@ -135,3 +135,25 @@ def test_streamer_gets_tokens_as_rounds_emit_them(setup):
     streamed = [t for chunk in streamer.chunks[1:] for t in chunk]
     assert streamed == out.sequences[0, prompt.shape[1]:].tolist()
     assert len(streamer.chunks) - 1 == out.stats.rounds  # one put per round, not one at the end
+
+
+@pytest.mark.parametrize("tree", [None, "depth=3,topk=2,total=6", "chains:k=2"], ids=["chain", "tree", "multi"])
+@pytest.mark.parametrize("policy", POLICY_NAMES)
+def test_static_caches_match_target_generate(setup, policy, tree):
+    """cache_implementation="static" (transformers' option): target and drafters on StaticCache buffers, rolled
+    back and gathered in place; the output is still the target's."""
+    from hedgespec_fast.cache import is_static, static_caches_supported
+
+    arch, target, drafters = setup
+    prompt = prompts(1)[0]
+    ref = reference(target, prompt, max_new_tokens=20, eos_token_id=None)
+    for _ in range(2):  # the second call reuses (rewinds) the target's static cache
+        out = hs.generate(target, prompt, drafters=drafters, max_new_tokens=20, policy=policy, tree=tree, draft_len=3,
+                          eos_token_id=None, seed=3, cache_implementation="static")
+        assert torch.equal(out.sequences, ref), f"{arch}/{policy}/{tree}: static caches changed the output"
+    if static_caches_supported():
+        from hedgespec_fast import decoder
+
+        (cache, graphed), = decoder._STATIC[target].values()
+        assert is_static(cache)
+        assert graphed is None or graphed.reason == "CUDA graphs need a CUDA device"  # on CPU: the eager path

@@ -91,3 +91,14 @@ def test_expected_length_estimator_matches_realised_lengths_when_sampling():
     estimated_mean, realised_mean = sum(estimated) / len(estimated), sum(realised) / len(realised)
     assert len(realised) > 150
     assert abs(estimated_mean - realised_mean) / realised_mean < 0.1, (estimated_mean, realised_mean)
+
+
+def test_regret_curve_stops_where_either_run_stops():
+    """The oracle finishes in 3 rounds, the policy in 6: after round 3 the policy catches up to the same text, and a
+    curve that kept counting would fall back to 0 — reading as "no regret". It must end at round 3, at 6 tokens."""
+    from hedgespec_fast.benchmark import regret_curve
+
+    oracle = [{"emitted": [4, 4, 4]}, {"emitted": [3, 3]}]
+    policy = [{"emitted": [2] * 6}, {"emitted": [3, 3]}]
+    curve = regret_curve(policy, oracle)
+    assert curve == [1.0, 2.0, 6.0]  # round 3: only the first prompt is still generating in both runs

@@ -46,18 +46,19 @@ class HFDrafter:
         return self.pending_rows[0]
 
     # -- lifecycle ---------------------------------------------------------------------------------------------------
-    def prefill(self, ids: torch.Tensor, calibrate: bool = False, beliefs: int = 0):
+    def prefill(self, ids: torch.Tensor, calibrate: bool = False, beliefs: int = 0, cache_len: int | None = None):
         """Feed the prompt ``[1, L]``.
 
         With ``calibrate``, its last token goes in a forward of its own whose seconds are returned: what one drafting
         step costs, measured without an extra token of work. With ``beliefs = P`` (P < L), the logits at the prompt's
         last P positions (L − P … L − 1, each predicted from the prompt before it) are kept too: the prompt warm start.
+        With ``cache_len``, the KV cache is a static one of that many positions (``cache_implementation="static"``).
 
         Returns
         -------
         (seconds or None, Beliefs rows ``[rows, P, V]`` or None)
         """
-        self.cache = new_cache()
+        self.cache = new_cache(self.model, cache_len)
         self.fed = 0
         self.backlog: list[torch.Tensor] = []
         self.draft_rows: torch.Tensor | None = None  # [rows, k, V] after propose, until commit

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..cache import mask_width, pad_mask
 from ..modeling import forward_logits
 from ..trees import (DynamicTree, SampledChains, StaticTree, TokenTree, TreeSource, Trials, prefix_mask,
                      tree_attention_mask, warp_at_nodes)
@@ -36,7 +37,8 @@ def grow(drafter, shape, depth: int, ctx: DraftContext) -> tuple[TokenTree, torc
 def _feed(drafter, tokens: torch.Tensor, depths: torch.Tensor, tree_part: torch.Tensor) -> torch.Tensor:
     """Feed tree nodes after the committed tokens and the slots already fed; ``tree_part [q, slots + q]`` says which
     fed slots (and which of the new nodes) each new node sees. Returns their logits ``[q, V]``."""
-    mask = tree_attention_mask(drafter.model, prefix_mask(drafter.fed, tree_part))
+    allowed = prefix_mask(drafter.fed, tree_part)
+    mask = tree_attention_mask(drafter.model, pad_mask(allowed, mask_width(drafter.cache, allowed.shape[-1])))
     positions = (depths + drafter.fed - 1).view(1, -1)
     rows = forward_logits(drafter.model, tokens, drafter.cache, keep=0, attention_mask=mask, position_ids=positions)
     return drafter.fit_vocab(rows)
