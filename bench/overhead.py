@@ -28,7 +28,8 @@ from hedgespec_fast import kernels  # noqa: E402
 from hedgespec_fast.feedback import Evaluator, LossStream  # noqa: E402
 from hedgespec_fast.logits import LogitsWarp  # noqa: E402
 
-POLICIES = ["fixed:0", "random", "hedgespec", "hedge", "adanormalhedge", "ucbspec", "exp3spec", "metasd", "tapout"]
+POLICIES = ["fixed:0", "random", "hedgespec", "hedgespec@objective=mat", "hedge", "adanormalhedge", "ucbspec",
+            "exp3spec", "metasd", "tapout"]
 
 
 class ForwardClock:
@@ -54,9 +55,10 @@ class ForwardClock:
         self.calls += 1
 
 
-def build(device, vocab, hidden, layers):
+def build(device, vocab, hidden, layers, n_models=3):
     target = tiny_model("llama", vocab=vocab, hidden=hidden, layers=layers, max_positions=1024).to(device)
-    drafters = [noisy_copy(target.cpu(), s, i).to(device) for i, s in enumerate((0.05, 0.3, 0.8))]
+    scales = [0.05 * (1 + i) ** 2 for i in range(n_models)]  # 0.05, 0.2, 0.45, 0.8, …: drafters of known order
+    drafters = [noisy_copy(target.cpu(), s, i).to(device) for i, s in enumerate(scales)]
     target = target.to(device)
     return target, drafters
 
@@ -101,7 +103,7 @@ def selection_step(device, n_drafters, m, vocab, reps):
     target = torch.randn(m, vocab, device=device)
     beliefs = [hs.drafters.Beliefs(logits=torch.randn(m, vocab, device=device)) for _ in range(n_drafters)]
     evaluator = Evaluator(LogitsWarp(), do_sample=True)
-    policy = hs.HedgeSpecSelector(n_drafters).to(device)
+    policy = hs.HedgeSpecSelector(n_drafters, objective="mat").to(device)
     policy.begin(n_drafters, draft_len=5)
     ids = torch.zeros((1, 8), dtype=torch.long, device=device)
 
@@ -152,15 +154,16 @@ def main(argv=None):
     ap.add_argument("--prompts", type=int, default=3)
     ap.add_argument("--new-tokens", type=int, default=96)
     ap.add_argument("--draft-len", type=int, default=5)
+    ap.add_argument("--drafters", type=int, default=7, help="pool size: this many - 1 noisy copies, then n-gram")
     ap.add_argument("--reps", type=int, default=50)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    target, drafters = build(device, args.vocab, args.hidden, args.layers)
+    target, drafters = build(device, args.vocab, args.hidden, args.layers, args.drafters - 1)
     rows = per_round(target, drafters, device, args)
-    step = selection_step(device, 4, args.draft_len + 1, args.vocab, args.reps)
+    step = selection_step(device, args.drafters, args.draft_len + 1, args.vocab, args.reps)
     meta = {"device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
             "torch": torch.__version__, "threads": args.threads, "date": time.strftime("%Y-%m-%d"),
             "vocab": args.vocab, "draft_len": args.draft_len, "new_tokens": args.new_tokens, "prompts": args.prompts}

@@ -102,8 +102,9 @@ class CostModel:
         if not self.verify:
             return None
         fixed = self.evaluate + self.overhead
-        costs = [self.verify_seconds(k + 1) + k * self.draft_seconds(i) + fixed for i, k in arms]
-        return torch.tensor(costs, dtype=torch.float32)
+        verify = {k: self.verify_seconds(k + 1) for k in {k for _, k in arms}}
+        draft = [self.draft_seconds(i) for i in range(self.n_drafters)]
+        return torch.tensor([verify[k] + k * draft[i] + fixed for i, k in arms], dtype=torch.float32)
 
     def round_seconds(self, drafter: int, k: int) -> float | None:
         seconds = self.arm_seconds([(drafter, k)])

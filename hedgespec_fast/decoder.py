@@ -67,7 +67,7 @@ class SpeculativeDecoder:
         t0 = time.perf_counter()
 
         # Scratch room past max_length for a full draft; ids[:, :length] is always the committed text.
-        ids = torch.empty((1, self.max_length + draft_len + 1), dtype=torch.long, device=device)
+        ids = torch.zeros((1, self.max_length + spec.width + 1), dtype=torch.long, device=device)  # valid ids
         ids[:, :start_len] = prompt
         # Static caches hold the longest sequence a round can feed (the committed text plus a full draft or tree).
         cache_len = self.max_length + spec.width + 1 if cfg.cache_implementation == "static" else None
@@ -110,7 +110,10 @@ class SpeculativeDecoder:
                 block_reward = self._block_reward(verified, stats) if k else 0.0
             packed = verified.packed
             ids[0, length : length + d + 1] = packed[2 : 3 + d]
-            host = packed.tolist()  # the round's one required sync
+            arm = policy.pending_choice()  # the next round's choice rides along (device learners)
+            host = (packed if arm is None else torch.cat([packed, arm.view(1)])).tolist()  # the round's one sync
+            if arm is not None:
+                policy.receive_choice(host.pop())
             stats.host_syncs += 1 + spec.host_syncs
             if host[1]:
                 raise FloatingPointError(f"the target produced NaN logits at positions {length}..{length + d}")

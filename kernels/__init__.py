@@ -37,6 +37,7 @@ __all__ = [
     "gamma_losses",
     "throughput_losses",
     "throughput_awake",
+    "throughput_update",
     "warp_logits",
     "choose",
     "resolve_backend",
@@ -118,6 +119,28 @@ def hedge_update(losses, regret, abs_regret, cum_loss, weights, step, *, algo="n
         return _triton_module("host").hedge_update(losses, regret, abs_regret, cum_loss, weights, step, awake=awake,
                                                    **kwargs)
     return reference.hedge_update(losses, regret, abs_regret, cum_loss, weights, step, awake=awake, **kwargs)
+
+
+def throughput_update(gamma, awake, draft_lens, arm_seconds, regret, abs_regret, cum_loss, weights, step, *,
+                      level="token", algo="normalhedge", eta=None, u=None, backend="auto", out=None):
+    """The throughput learner's update: losses of a γ window ``[N, S]`` (NaN = not evaluated) over the (drafter, K)
+    arms from their measured seconds, sleeping arms masked, then the learner rounds and the next choice. Host
+    (NumPy) on CPU state; elsewhere the torch functions :func:`reference.throughput_losses` /
+    :func:`reference.throughput_awake` and :func:`hedge_update` (Triton on CUDA)."""
+    if resolve_backend(backend, weights.device, learner=True) == "host":
+        return _triton_module("host").throughput_update(gamma, awake, draft_lens, arm_seconds, regret, abs_regret,
+                                                        cum_loss, weights, step, level=level, algo=algo, eta=eta,
+                                                        u=u, out=out)
+    device = weights.device
+    losses = reference.throughput_losses(gamma.to(device), draft_lens, arm_seconds)
+    arm_awake = reference.throughput_awake(awake.to(device), draft_lens) & losses.isfinite()
+    losses = losses.nan_to_num(0.0)
+    if level == "chunk" and losses.shape[0] > 1:  # the mean over the rounds each arm was awake
+        counts = arm_awake.sum(dim=0, keepdim=True)
+        losses = (losses * arm_awake).sum(dim=0, keepdim=True) / counts.clamp(min=1)
+        arm_awake = counts > 0
+    return hedge_update(losses, regret, abs_regret, cum_loss, weights, step, algo=algo, eta=eta, u=u,
+                        backend=backend, out=out, awake=None if bool(arm_awake.all()) else arm_awake)
 
 
 def hedge_update_from_gamma(gamma, regret, abs_regret, cum_loss, weights, step, *, draft_len=1, loss="expected_length",

@@ -89,11 +89,17 @@ def hedge_update(losses: torch.Tensor, regret: torch.Tensor, abs_regret: torch.T
     state = (regret, abs_regret, cum_loss, weights, step)
     if any(x.device.type != "cpu" for x in (losses, *state)):
         raise ValueError("the host learner update takes CPU tensors; use the torch or triton backend on a device")
+    rows = losses.detach().numpy().astype(np.float64)
+    masks = None if awake is None else awake.detach().numpy().astype(bool)
+    return _update(rows, masks, regret, abs_regret, cum_loss, weights, step, algo, eta, prior, u, out)
+
+
+def _update(rows, masks, regret, abs_regret, cum_loss, weights, step, algo, eta, prior, u, out):
+    """The learner rounds on NumPy loss rows ``[T, N]`` (and awake masks), written back into the state tensors."""
     R, C, L, w = (x.detach().numpy().astype(np.float64) for x in (regret, abs_regret, cum_loss, weights))
     t = int(step.item())
     pi = None if prior is None else prior.detach().cpu().numpy().astype(np.float64)
-    masks = None if awake is None else awake.detach().numpy().astype(bool)
-    for t_row, row in enumerate(losses.detach().numpy().astype(np.float64)):
+    for t_row, row in enumerate(rows):
         if masks is not None and not masks[t_row].all():
             mask = masks[t_row]
             total = float(w[mask].sum())
@@ -110,3 +116,36 @@ def hedge_update(losses: torch.Tensor, regret: torch.Tensor, abs_regret: torch.T
     step.fill_(t)
     choice = torch.tensor([_choose(w, None if u is None else float(u.item()))], dtype=torch.long)
     return out.copy_(choice) if out is not None else choice
+
+
+def throughput_update(gamma: torch.Tensor, awake: torch.Tensor, draft_lens, arm_seconds: torch.Tensor,
+                      regret: torch.Tensor, abs_regret: torch.Tensor, cum_loss: torch.Tensor, weights: torch.Tensor,
+                      step: torch.Tensor, *, level: str = "token", algo: str = "normalhedge", eta: float | None = None,
+                      u: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``reference.throughput_losses`` + ``reference.throughput_awake`` + the learner rounds, in NumPy for CPU state:
+    the throughput learner's whole update (a window of γ ``[N, S]``, NaN where not evaluated; awake ``[N, S]``)."""
+    g = gamma.detach().numpy().astype(np.float64)
+    lens = list(draft_lens)
+    k_max = max(lens)
+    n, s = g.shape
+    steps = s - k_max + 1
+    if steps <= 0:
+        return _update(np.zeros((0, 1 + n * len(lens))), None, regret, abs_regret, cum_loss, weights, step, algo,
+                       eta, None, u, out)
+    windows = np.lib.stride_tricks.sliding_window_view(g, k_max, axis=1)[:, :steps]  # [N, T, K_max]
+    expected = 1.0 + np.cumsum(np.cumprod(windows, axis=-1), axis=-1)
+    chosen = expected[..., np.asarray(lens) - 1]  # [N, T, L]
+    tokens = np.concatenate([np.ones((steps, 1)), chosen.transpose(1, 0, 2).reshape(steps, -1)], axis=1)
+    seconds = arm_seconds.detach().cpu().numpy().astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        losses = np.clip(1.0 - tokens / seconds * (seconds.min() / (k_max + 1)), 0.0, 1.0)
+    first = awake.detach().numpy().astype(bool)[:, :steps].T  # [T, N]
+    masks = np.concatenate([np.ones((steps, 1), dtype=bool), np.repeat(first, len(lens), axis=1)], axis=1)
+    masks &= np.isfinite(losses)
+    losses = np.nan_to_num(losses, nan=0.0)
+    if level == "chunk" and steps > 1:
+        counts = masks.sum(axis=0)
+        losses = ((losses * masks).sum(axis=0) / np.maximum(counts, 1))[None]
+        masks = (counts > 0)[None]
+    return _update(losses, None if masks.all() else masks, regret, abs_regret, cum_loss, weights, step, algo, eta,
+                   None, u, out)

@@ -161,27 +161,32 @@ def tiny_pool():
     return target, drafter_zoo(target, seed=8) + [hs.NGramDrafter()]
 
 
-def test_cost_model_predicts_the_rounds_it_measured(tiny_pool):
-    """After a generation, the cost model's estimate of each round's work (verify + draft + overhead, for the arm it
-    played) is within 35 % of the measured work in the median, and its amortised evaluation cost within 35 % of
-    the evaluation time actually spent per round."""
-    target, drafters = tiny_pool
-    prompt = torch.randint(2, 97, (1, 16), generator=torch.Generator().manual_seed(3))
-    hs.generate(target, prompt, drafters=drafters, max_new_tokens=24, eos_token_id=None)  # warm caches and costs
-    out = hs.generate(target, prompt, drafters=drafters, max_new_tokens=160, eos_token_id=None, seed=1)
-    policy_costs = out.stats.costs
-    model = CostModel(len(drafters))
-    model.verify = {int(k): v / 1e3 for k, v in policy_costs["verify_ms"].items()}
-    model.draft = [None if d is None else d / 1e3 for d in policy_costs["draft_ms_per_token"]]
-    model.overhead = policy_costs["overhead_ms_per_round"] / 1e3
-    errors = []
-    for r in out.stats.records[4:]:
-        measured = r.times["draft"] + r.times["verify"] + r.times["select"] + r.times["update"]
-        predicted = model.verify_seconds(r.drafted + 1) + r.drafted * model.draft_seconds(r.chosen) + model.overhead
-        errors.append(abs(predicted - measured) / measured)
-    assert np.median(errors) < 0.35, f"median relative error {np.median(errors):.2f}"
-    spent = sum(r.times["evaluate"] for r in out.stats.records) / out.stats.rounds
-    assert abs(policy_costs["evaluate_ms_per_round"] / 1e3 - spent) / spent < 0.35
+def test_cost_model_recovers_the_costs_it_is_fed():
+    """Rounds timed by a known cost process (verification that jumps from 1 to 2 tokens and is flat after, as on a
+    CPU with a slow small-batch GEMM; per-token drafting; evaluation in bursts; ±10 % noise): the estimates come
+    within 15 % of the truth, and a round's predicted seconds within 15 % of its true expectation. Synthetic clocks:
+    tests never assert on wall time (bench/overhead.py reports the real prediction error)."""
+    rng = np.random.default_rng(0)
+    true_verify = {n: 0.40 if n == 1 else 1.3 + 0.01 * n for n in range(1, 18)}
+    true_draft = [0.15, 0.05]
+    costs = CostModel(2)
+    for r in range(400):
+        drafter, k = int(rng.integers(0, 2)), int(rng.choice([0, 3, 8, 16]))
+        evaluated = r % 5 == 0
+        noise = lambda: float(rng.uniform(0.9, 1.1))  # noqa: E731
+        times = dict(select=0.002 * noise(), draft=k * true_draft[drafter] * noise(),
+                     verify=true_verify[k + 1] * noise(), evaluate=(0.5 if evaluated else 0.001) * noise(),
+                     update=0.003 * noise())
+        costs.observe_round(drafter, k, k + 1, times, evaluated)
+    for n in (1, 4, 9, 17):
+        assert abs(costs.verify_seconds(n) - true_verify[n]) / true_verify[n] < 0.15
+    for i in (0, 1):
+        assert abs(costs.draft_seconds(i) - true_draft[i]) / true_draft[i] < 0.15
+    assert abs(costs.evaluate - 0.1008) / 0.1008 < 0.3  # a burst of 0.5 s every 5 rounds: 0.1 s a round
+    for drafter, k in ((0, 8), (1, 16), (1, 3)):
+        truth = true_verify[k + 1] + k * true_draft[drafter] + 0.1008 + 0.005
+        assert abs(costs.round_seconds(drafter, k) - truth) / truth < 0.15
+    assert costs.verify_seconds(12) > costs.verify_seconds(1) * 3  # an unseen size interpolates between seen ones
 
 
 def test_objective_is_an_option_everywhere(tiny_pool):
@@ -203,3 +208,58 @@ def test_objective_is_an_option_everywhere(tiny_pool):
         hs.SpecConfig(timings="off")
     assert hs.SpecConfig(objective="mat").draft_len == 5 and hs.SpecConfig().draft_len == 8
     assert hs.SpecConfig.from_kwargs(hs.SpecConfig(), objective="mat").eval_every == 1
+
+
+@pytest.mark.parametrize("objective", ["throughput", "mat"])
+def test_deferred_choice_rides_in_the_packed_read(tiny_pool, objective):
+    """With device state the next arm is computed by the update and read back with the round's one packed read, so
+    a round costs one host sync. Forced here on CPU: every round after the first plays exactly the arm it received,
+    and the output is unchanged."""
+    target, drafters = tiny_pool
+    prompt = torch.tensor([[5, 6, 7, 8, 5, 6]])
+    ref = target.generate(prompt, do_sample=False, max_new_tokens=40, eos_token_id=None)
+    selector = hs.HedgeSpecSelector(len(drafters), objective=objective)
+    selector.defer_choice = True
+    received, played = [], []
+    receive, choose = selector.receive_choice, selector.choose
+
+    def spy_receive(arm):
+        received.append(arm)
+        receive(arm)
+
+    def spy_choose(awake=None):
+        out = choose(awake)
+        played.append((out, selector.draft_length()))
+        return out
+
+    selector.receive_choice, selector.choose = spy_receive, spy_choose
+    out = hs.generate(target, prompt, drafters=drafters, max_new_tokens=40, eos_token_id=None, policy=selector)
+    assert torch.equal(out.sequences, ref)
+    assert len(received) == out.stats.rounds  # one arm read back per round, in the packed read
+    for arm, (drafter, length) in zip(received, played[1:]):
+        want = selector.arms[arm]
+        assert drafter == (want[0] if want[1] != 0 else drafter)
+        if objective == "throughput":
+            assert length == want[1]
+    assert out.stats.host_syncs == out.stats.rounds
+
+
+@pytest.mark.parametrize("level", ["token", "chunk"])
+def test_host_throughput_update_equals_the_torch_path(level):
+    """The CPU learner's whole throughput update (NumPy) against the torch twins it stands for, NaN windows and
+    sleeping arms included."""
+    gen = torch.Generator().manual_seed(4)
+    gamma = torch.rand(3, 11, generator=gen)
+    gamma[1, 4] = float("nan")
+    awake = torch.rand(3, 11, generator=gen) > 0.2
+    lens = (1, 2, 4)
+    seconds = torch.rand(1 + 3 * len(lens), generator=gen) + 0.5
+    states = {}
+    for backend in ("host", "torch"):
+        state = [torch.zeros(10), torch.zeros(10), torch.zeros(10), torch.full((10,), 0.1),
+                 torch.zeros(1, dtype=torch.long)]
+        for _ in range(3):
+            hs.kernels.throughput_update(gamma, awake, lens, seconds, *state, level=level, backend=backend)
+        states[backend] = state
+    for a, b in zip(states["host"], states["torch"]):
+        torch.testing.assert_close(a.double(), b.double(), atol=1e-5, rtol=1e-4)

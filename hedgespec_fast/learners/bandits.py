@@ -183,6 +183,13 @@ class TapOut(Policy):
     def draft_length(self) -> int:
         return self.drafter_policy.draft_length() if self.drafter_policy is not None else self.draft_len
 
+    def pending_choice(self):
+        return self.drafter_policy.pending_choice() if self.drafter_policy is not None else None
+
+    def receive_choice(self, value: int) -> None:
+        if self.drafter_policy is not None:
+            self.drafter_policy.receive_choice(value)
+
     def update(self, outcome: RoundOutcome) -> None:
         if outcome.drafted:
             rate = outcome.accepted / outcome.drafted

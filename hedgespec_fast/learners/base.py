@@ -98,6 +98,13 @@ class Policy(nn.Module):
         """The current distribution over drafters, when the policy has one."""
         return None
 
+    def pending_choice(self) -> torch.Tensor | None:
+        """A device tensor to read back with the round's packed read (policies that choose from it), or None."""
+        return None
+
+    def receive_choice(self, value: int) -> None:
+        return None
+
     @property
     def host_syncs_per_choice(self) -> int:
         """Device→host syncs a ``choose()`` costs (1 when the state lives on a GPU)."""

@@ -76,6 +76,10 @@ class ExpertPolicy(Policy):
         self.stream = LossStream(loss, level, 1)
         self.cost_model = None
         self._drafter, self._length = 0, None
+        self.defer_choice: bool | None = None  # None: when the state lives on a CUDA device (see choose)
+        self._pending: torch.Tensor | None = None  # the next arm, computed on the device by the last update
+        self._received: int | None = None  # …and read back with the last round's packed read
+        self._read_weights = True
 
     def _reset_state(self, experts: int) -> None:
         for name in ("regret", "abs_regret", "cum_loss"):
@@ -103,15 +107,48 @@ class ExpertPolicy(Policy):
             self.stream = LossStream(self.loss, self.level, draft_len)
 
     def _u(self) -> torch.Tensor | None:
-        return self.uniform().to(self.weights_.device) if self.choice == "sample" else None
+        """The uniform draw of a sampled choice, made where the weights are (a host→device copy would wait for the
+        queued GPU work: a sync in disguise)."""
+        if self.choice != "sample":
+            return None
+        device = self.weights_.device
+        if device.type == "cpu":
+            return self.uniform()
+        if getattr(self, "_device_generator", None) is None or self._device_generator.device != device:
+            self._device_generator = torch.Generator(device=device)
+            self._device_generator.manual_seed(int(torch.randint(2**31, (1,), generator=self.generator)))
+        return torch.rand(1, device=device, generator=self._device_generator)
+
+    @property
+    def deferring(self) -> bool:
+        """Choose from the arm the previous update computed on the device, read back with the round's one packed
+        read (one more round of feedback delay), instead of reading the weights before each round: one host sync a
+        round on CUDA. Automatic where the state is on a CUDA device; ``defer_choice`` forces it either way."""
+        return self.defer_choice if self.defer_choice is not None else self.weights_.device.type == "cuda"
+
+    @property
+    def host_syncs_per_choice(self) -> int:
+        """Syncs the last ``choose()`` cost: none when it took the arm read back with the previous packed read."""
+        return int(self.weights_.device.type == "cuda" and self._read_weights)
+
+    def pending_choice(self) -> torch.Tensor | None:
+        """The device arm ``[1]`` the decoder should read back with this round's packed read (deferring only)."""
+        return self._pending if self.deferring else None
+
+    def receive_choice(self, arm: int) -> None:
+        self._received, self._pending = int(arm), None
 
     def choose(self, awake=None) -> int:
-        weights = self.weights_
-        if self.objective == "throughput" and awake is not None and not all(awake):
-            # sleeping experts: a drafter without a proposal now (n-gram lookup without a match) is not played
-            mask = torch.tensor([True] + [awake[i] for i, _ in self.arms[1:]], device=weights.device)
-            weights = weights * mask
-        arm = int(kernels.choose(weights, self._u()).item())
+        self._read_weights = not (self.deferring and self._received is not None)
+        if not self._read_weights:  # the sleeping-expert mask is not applied here
+            arm, self._received = self._received, None
+        else:
+            weights = self.weights_
+            if self.objective == "throughput" and awake is not None and not all(awake):
+                # sleeping experts: a drafter without a proposal now (n-gram lookup without a match) is not played
+                mask = torch.tensor([True] + [awake[i] for i, _ in self.arms[1:]], device=weights.device)
+                weights = weights * mask
+            arm = int(kernels.choose(weights, self._u()).item())
         drafter, length = self.arms[arm]
         if length == 0:  # no draft: keep the last drafter's label, it drafts nothing
             drafter = self._drafter
@@ -122,6 +159,11 @@ class ExpertPolicy(Policy):
         return self.draft_len if self._length is None else self._length
 
     def update(self, outcome: RoundOutcome) -> None:
+        self._learn(outcome)
+        if self.deferring:  # the next arm, on the device; the decoder reads it with the next packed read
+            self._pending = kernels.choose(self.weights_, self._u())
+
+    def _learn(self, outcome: RoundOutcome) -> None:
         if outcome.skipped:  # windows cannot span positions nobody evaluated
             self.stream.reset()
         if outcome.gamma is None:
@@ -140,15 +182,7 @@ class ExpertPolicy(Policy):
         if seconds is None:  # no round has been timed yet (CUDA events complete a little later): score it later
             self.stream.hold(window, awake)
             return
-        device = self.weights_.device
-        losses = kernels.throughput_losses(window.to(device), self.draft_lens, seconds)  # NaN: a window not evaluated
-        arm_awake = kernels.throughput_awake(awake.to(device), self.draft_lens) & losses.isfinite()
-        losses = losses.nan_to_num(0.0)
-        if self.level == "chunk" and losses.shape[0] > 1:  # the mean over the rounds each arm was awake
-            counts = arm_awake.sum(dim=0, keepdim=True)
-            losses = (losses * arm_awake).sum(dim=0, keepdim=True) / counts.clamp(min=1)
-            arm_awake = counts > 0
-        kernels.hedge_update(losses, *state, awake=None if bool(arm_awake.all()) else arm_awake, **common)
+        kernels.throughput_update(window, awake, self.draft_lens, seconds, *state, level=self.level, **common)
 
     def observe_prompt(self, gamma: torch.Tensor, awake: torch.Tensor | None = None) -> None:
         """The prompt's positions are positions like the generated ones: the same loss stream, so windows run on from
