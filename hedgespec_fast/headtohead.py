@@ -28,7 +28,6 @@ import torch
 from tqdm.auto import tqdm
 from transformers.generation.streamers import BaseStreamer
 
-from .config import split_policy_options
 from .drafters import NGramDrafter
 from .hf import generate as hs_generate
 from .learners import HedgeSpecSelector
@@ -378,8 +377,11 @@ def main(args) -> dict:
         calib_file.write_text(json.dumps(best_k))
     methods = default_methods(names, lm_drafters, best_k, args.draft_len)
     if args.methods:
-        wanted = set(args.methods.split(","))
-        methods = [m for m in methods if m.name in wanted or split_policy_options(m.name)[0] in wanted]
+        wanted = [w.strip() for w in args.methods.split(",") if w.strip()]
+        unknown = set(wanted) - {m.name for m in methods}
+        if unknown:
+            raise SystemExit(f"unknown methods {sorted(unknown)}; known: {', '.join(m.name for m in methods)}")
+        methods = [m for m in methods if m.name in wanted]
     for method in tqdm(methods, desc="warm-up", disable=False):  # untimed: caches, kernels, cost calibration
         run_method(method, target, drafters, calibration[0].ids, max_new_tokens=8, draft_len=args.draft_len,
                    sampling=sampling, seed=args.seed, eos=eos)
