@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 import time
-import weakref
 
 import torch
 
-from .cache import is_static, new_cache, truncate
+from .cache import new_cache
 from .config import SpecConfig
 from .cost import CostModel, shared_cost_model
 from .drafters.base import DraftContext
 from .feedback import EvaluationSchedule, Evaluator, PromptScores
-from .graphs import GraphedForward
+from .graphs import static_cache_for
 from .learners.base import Policy, RoundOutcome
 from .logits import LogitsWarp
 from .modeling import forward_logits
@@ -22,7 +21,6 @@ from .stats import PHASES, GenerationStats, PhaseTimer, RoundRecord
 
 MAX_DEFERRED_ROUNDS = 32
 MAX_DEFERRED_POSITIONS = 128  # owed target rows: 128 × V × 8 bytes (warped + raw), 156 MB at V = 152k
-_STATIC: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # target → {length: (static cache, graphs)}
 
 
 class SpeculativeDecoder:
@@ -208,15 +206,7 @@ class SpeculativeDecoder:
         with its CUDA graphs (``cuda_graphs``), so capture happens once per bucket, not once per generation."""
         if cache_len is None:
             return new_cache()
-        kept = _STATIC.setdefault(self.target, {})
-        if cache_len not in kept:
-            cache = new_cache(self.target, cache_len)
-            graphs = self.config.cuda_graphs and is_static(cache)
-            kept.clear()  # one static cache per target: the buffers are sequence-length sized
-            kept[cache_len] = (cache, GraphedForward(self.target, cache) if graphs else None)
-        cache, graphed = kept[cache_len]
-        truncate(cache, 0)
-        self.speculation.graphed = graphed
+        cache, self.speculation.graphed = static_cache_for(self.target, cache_len, self.config.cuda_graphs)
         return cache
 
     def _cost_model(self, policy) -> CostModel:

@@ -13,10 +13,11 @@ falls back to the eager forward for that bucket, once, with the reason logged: o
 from __future__ import annotations
 
 import logging
+import weakref
 
 import torch
 
-from .cache import is_static
+from .cache import is_static, new_cache, truncate
 from .modeling import cache_keyword, forward_rows
 
 logger = logging.getLogger(__name__)
@@ -92,3 +93,24 @@ class GraphedForward:
     def _rewind(self, length: torch.Tensor) -> None:
         for layer in self.cache.layers:
             layer.cumulative_length.copy_(length)
+
+
+_KEPT: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model → {role: (shape, static cache, graphs)}
+
+
+def static_cache_for(model, length: int, graphs: bool = True, rows: int = 1, role: str = "target"):
+    """The model's static cache of ``length`` positions, rewound to empty, and its :class:`GraphedForward` (None
+    without ``graphs``): kept across calls while the model lives, so CUDA graphs are captured once per bucket, not
+    once per generation. A model keeps one static cache (its buffers are sequence-length sized); asking for another
+    length replaces it. ``role`` keeps a model that is both target and drafter from sharing one cache. Falls back to
+    a dynamic cache (and no graphs) where static rollback is not possible."""
+    roles = _KEPT.setdefault(model, {})
+    kept = roles.get(role)
+    if kept is None or kept[0] != (length, rows):
+        cache = new_cache(model, length)
+        kept = ((length, rows), cache, GraphedForward(model, cache, rows) if graphs and is_static(cache) else None)
+        roles[role] = kept
+    _, cache, graphed = kept
+    if is_static(cache):
+        truncate(cache, 0)
+    return cache, graphed

@@ -152,8 +152,8 @@ def test_static_caches_match_target_generate(setup, policy, tree):
                           eos_token_id=None, seed=3, cache_implementation="static")
         assert torch.equal(out.sequences, ref), f"{arch}/{policy}/{tree}: static caches changed the output"
     if static_caches_supported():
-        from hedgespec_fast import decoder
+        from hedgespec_fast import graphs
 
-        (cache, graphed), = decoder._STATIC[target].values()
+        _, cache, graphed = graphs._KEPT[target]["target"]
         assert is_static(cache)
         assert graphed is None or graphed.reason == "CUDA graphs need a CUDA device"  # on CPU: the eager path

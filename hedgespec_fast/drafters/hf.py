@@ -5,6 +5,7 @@ import torch
 
 from ..cache import gather, new_cache, truncate
 from ..cost import timed
+from ..graphs import static_cache_for
 from ..modeling import context_length, forward_rows, param_device_dtype, vocab_size
 from ..trees import TokenTree, check_tree_attention
 from .base import Beliefs, DraftContext, Proposal
@@ -38,7 +39,7 @@ class HFDrafter:
         self.vocab_size = vocab_size(model)
         self.max_context = context_length(model)
         self.device, self.dtype = param_device_dtype(model)
-        self.cache = None
+        self.cache, self.graphed = None, None
 
     @property
     def pending(self) -> torch.Tensor:
@@ -58,7 +59,10 @@ class HFDrafter:
         -------
         (seconds or None, Beliefs rows ``[rows, P, V]`` or None)
         """
-        self.cache = new_cache(self.model, cache_len)
+        if cache_len is None:
+            self.cache, self.graphed = new_cache(), None
+        else:  # kept with the model across calls, with CUDA graphs of its one-token steps on a GPU
+            self.cache, self.graphed = static_cache_for(self.model, cache_len, rows=self.rows, role="drafter")
         self.fed = 0
         self.backlog: list[torch.Tensor] = []
         self.draft_rows: torch.Tensor | None = None  # [rows, k, V] after propose, until commit
@@ -76,6 +80,8 @@ class HFDrafter:
         return seconds, (out if beliefs else None)
 
     def _forward(self, tokens: torch.Tensor, keep: int) -> torch.Tensor:
+        if self.graphed is not None and tokens.shape[0] == 1:  # a drafting step: one CUDA graph replay
+            return self.fit_vocab(self.graphed(tokens, keep))
         return self.fit_vocab(forward_rows(self.model, tokens, self.cache, keep, self.rows))  # [rows, keep, V]
 
     def _feed(self, tokens: torch.Tensor, keep: int) -> torch.Tensor:
