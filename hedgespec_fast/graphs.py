@@ -108,9 +108,10 @@ def static_cache_for(model, length: int, graphs: bool = True, rows: int = 1, rol
     kept = roles.get(role)
     if kept is None or kept[0] != (length, rows):
         cache = new_cache(model, length)
-        kept = ((length, rows), cache, GraphedForward(model, cache, rows) if graphs and is_static(cache) else None)
+        if not is_static(cache):  # the fallback: a fresh dynamic cache every call, nothing worth keeping
+            return cache, None
+        kept = ((length, rows), cache, GraphedForward(model, cache, rows) if graphs else None)
         roles[role] = kept
     _, cache, graphed = kept
-    if is_static(cache):
-        truncate(cache, 0)
+    truncate(cache, 0)
     return cache, graphed

@@ -162,6 +162,8 @@ def custom_generate(model, input_ids, logits_processor, stopping_criteria, gener
         config = SpecConfig.from_kwargs(config, cache_implementation="static")
     elif wanted not in (None, "static", "dynamic"):
         logger.warning("hedgespec: cache_implementation=%r is not supported; using a dynamic cache", wanted)
+    if wanted is not None:  # transformers made a cache for us (unused: hedgespec keeps its own); <5 would choke on it
+        model.__dict__.pop("_cache", None)  # next call, reading a batch size that lazy layers never set
     # transformers puts the prompt into a streamer, then hands the callable everything but the streamer
     streamer = spec_streamer or streamer or _dropped_streamer()
     out = speculative_decode(model, input_ids, logits_processor, stopping_criteria, generation_config, drafters,
