@@ -73,6 +73,18 @@ def default_policies(n_drafters: int, include_baseline: bool = False) -> list[st
     return names + ([BASELINE] if include_baseline else [])
 
 
+def split_policy_list(text: str) -> list[str]:
+    """``"target,hedgespec@objective=mat,eval_every=4,ucbspec"`` → the three policies: a piece with ``=`` and no
+    ``@`` continues the previous policy's options."""
+    policies: list[str] = []
+    for piece in filter(None, (p.strip() for p in text.split(","))):
+        if policies and "=" in piece and "@" not in piece and "@" in policies[-1]:
+            policies[-1] += "," + piece
+        else:
+            policies.append(piece)
+    return policies
+
+
 def _encode(tokenizer, text: str, device, limit: int | None = None) -> torch.Tensor:
     """Token ids ``[1, L]``; prompts longer than ``limit`` keep their last ``limit`` tokens (where the question is)."""
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
@@ -125,7 +137,8 @@ def run_policy(policy: str, target, pool: list, tokenizer, prompts: list[Prompt]
             s = out.stats
             row = dict(new_tokens=s.new_tokens, rounds=s.rounds, wall_s=s.wall_s, drafter_counts=s.drafter_counts,
                        chosen=[r.chosen for r in s.records], emitted=[r.emitted for r in s.records],
-                       host_syncs=s.host_syncs, oracle_choice=s.oracle_choice, final_weights=s.final_weights)
+                       host_syncs=s.host_syncs, oracle_choice=s.oracle_choice, final_weights=s.final_weights,
+                       tokens=out.sequences[0, ids.shape[1]:].tolist())
         row.update(domain=prompt.domain, prompt_index=index)
         rows.append(row)
         if progress is not None:
@@ -142,7 +155,7 @@ def _baseline(target, ids, max_new_tokens, sampling) -> dict:
         torch.cuda.synchronize()
     new = out.shape[1] - ids.shape[1]
     return dict(new_tokens=new, rounds=new, wall_s=time.perf_counter() - start, drafter_counts=[], chosen=[],
-                emitted=[1] * new, host_syncs=new)
+                emitted=[1] * new, host_syncs=new, tokens=out[0, ids.shape[1]:].tolist())
 
 
 def run(target, drafters: dict, tokenizer, workloads: dict[str, list[Prompt]], policies: list[str], *,
@@ -203,6 +216,24 @@ def regret_curve(rows: list[dict], oracle_rows: list[dict]) -> list[float]:
         gaps = [_tokens_after_rounds(o, t) - _tokens_after_rounds(r, t) for r, o, n in pairs if t <= n]
         curve.append(sum(gaps) / len(gaps))
     return curve
+
+
+def identical_to_target(results: dict) -> tuple[int, list[tuple[str, str, int]]]:
+    """Greedy outputs compared with plain ``target.generate()``'s on the same prompts: (outputs compared, mismatches
+    as (workload, policy, prompt index))."""
+    compared, mismatches = 0, []
+    for wname, per_policy in results.items():
+        if wname.startswith("_") or BASELINE not in per_policy:
+            continue
+        reference = {r["prompt_index"]: r.get("tokens") for r in per_policy[BASELINE]}
+        for policy, rows in per_policy.items():
+            for r in rows:
+                if policy == BASELINE or r.get("tokens") is None or reference.get(r["prompt_index"]) is None:
+                    continue
+                compared += 1
+                if r["tokens"] != reference[r["prompt_index"]]:
+                    mismatches.append((wname, policy, r["prompt_index"]))
+    return compared, mismatches
 
 
 def summarize(results: dict, expert_of: dict[str, int] | None = None) -> dict:
@@ -470,7 +501,8 @@ def main(argv=None, args=None) -> dict:
     spec_bench = args.spec_bench or _default_spec_bench()
     workloads = {k: workload(k, prompts, args.seed, spec_bench, args.n_spec_bench) for k in kinds}
     names = list(drafters) + ["ngram"]
-    policies = args.policies.split(",") if args.policies else default_policies(len(names), include_baseline=True)
+    policies = (split_policy_list(args.policies) if args.policies
+                else default_policies(len(names), include_baseline=True))
     args.out.mkdir(parents=True, exist_ok=True)
     common = dict(max_new_tokens=args.max_new_tokens, draft_len=args.draft_len, do_sample=args.sample,
                   temperature=args.temperature, seed=args.seed, warm=args.warm, resume=not args.no_resume)
