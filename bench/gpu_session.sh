@@ -5,6 +5,8 @@
 #
 #   bash bench/gpu_session.sh check   # versions, CUDA tests (kernels + engine), kernel microbenchmarks
 #   bash bench/gpu_session.sh time    # engine overhead per round, end-to-end bench on the zoo, trees, ncu profile
+#   bash bench/gpu_session.sh decode  # CUDA tests of the static/graphed path, then the 8B-shaped decode step
+#                                     # (eager vs static vs graphs, vs HF assisted), the C driver vs Python, ncu
 #   bash bench/gpu_session.sh tests   # the whole test suite on the GPU machine (its transformers version)
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -51,6 +53,20 @@ time)
     TAIL=20 step profile 90 $PY -m hedgespec_fast.cli profile --out "$LOGS/profile"
     if [ -f "$LOGS/profile/hedgespec_profile.ncu-rep" ]; then
         TAIL=40 step ncu_summary 20 ncu --import "$LOGS/profile/hedgespec_profile.ncu-rep" --print-summary per-kernel
+    fi
+    ;;
+decode)  # issue 12 and 13's GPU figures; < 8 minutes with the install
+    TAIL=20 step graph_tests 120 $PY -m pytest -q -n 8 -p no:cacheprovider tests/test_cuda_engine.py \
+        tests/test_lossless_greedy.py -k "cuda or static"
+    TAIL=45 step decode 300 $PY bench/gpu_decode.py --out "$LOGS/decode_gpu.json"
+    if command -v cmake >/dev/null; then  # the C library: build, its µs for the headline shapes, one ncu report
+        step native_build 90 bash -c "cmake -S . -B build -DHS_ARCHS=90 >/dev/null && cmake --build build -j8"
+        TAIL=12 step native_bench 30 bash -c "for m in tv greedy; do ./build/hedgespec-kernels-bench --mode \$m \
+            --n 8 --m 8 --v 128256; ./build/hedgespec-kernels-bench --mode \$m --n 1 --m 8 --v 128256; done"
+        if command -v ncu >/dev/null; then
+            TAIL=30 step native_ncu 60 ncu --set basic --launch-count 5 \
+                ./build/hedgespec-kernels-bench --mode tv --n 8 --m 8 --v 128256 --iters 5 --warmup 0
+        fi
     fi
     ;;
 tests)

@@ -106,41 +106,65 @@ def variant(policy: str, spec: SpecConfig | None) -> tuple[str, SpecConfig]:
     return name, SpecConfig.from_kwargs(spec, **overrides)
 
 
-def run_policy(policy: str, target, pool: list, tokenizer, prompts: list[Prompt], *, max_new_tokens: int,
-               draft_len: int, do_sample: bool, seed: int, warm: bool, spec: SpecConfig | None = None,
-               temperature: float = 1.0, progress=None) -> list[dict]:
-    """Run one policy over a workload; one summary dict per prompt.
+class PolicyRun:
+    """One policy over one workload, a prompt at a time (so policies can be interleaved prompt by prompt).
 
-    ``policy`` may carry options for this run only: ``"hedgespec@eval_every=4,loss=acceptance"``.
+    ``policy`` may carry options for this run only: ``"hedgespec@eval_every=4,loss=acceptance"``; with ``warm`` a
+    learning policy keeps its state from prompt to prompt.
     """
-    device = next(target.parameters()).device
-    name, spec = variant(policy, spec)
-    shared = make_policy(name, len(pool), spec) if warm and name in LEARNING_POLICIES else None
-    rows = []
-    limit = _prompt_limit(target, pool, max_new_tokens)
-    if device.type == "cuda" and policy != BASELINE and prompts:
-        # Untimed warm-up with a fresh learner: Triton compiles each kernel variant on its first call, which would
-        # otherwise land in the first prompt's wall time.
-        ids = _encode(tokenizer, prompts[0].text, device, limit)
-        generate(target, ids, drafters=pool, max_new_tokens=min(8, max_new_tokens), policy=name, draft_len=draft_len,
-                 spec_config=spec, eos_token_id=None, seed=seed, do_sample=do_sample, temperature=temperature)
-    for index, prompt in enumerate(prompts):
-        ids = _encode(tokenizer, prompt.text, device, limit)
-        sampling = dict(seed=seed + index)
-        if do_sample:
-            sampling.update(do_sample=True, temperature=temperature)
-        if policy == BASELINE:
-            row = _baseline(target, ids, max_new_tokens, sampling)
+
+    def __init__(self, policy: str, target, pool: list, tokenizer, *, max_new_tokens: int, draft_len: int,
+                 do_sample: bool, seed: int, warm: bool, spec: SpecConfig | None = None, temperature: float = 1.0):
+        self.policy, self.target, self.pool, self.tokenizer = policy, target, pool, tokenizer
+        self.max_new_tokens, self.draft_len, self.do_sample, self.seed = max_new_tokens, draft_len, do_sample, seed
+        self.temperature = temperature
+        self.device = next(target.parameters()).device
+        self.name, self.spec = variant(policy, spec)
+        self.shared = make_policy(self.name, len(pool), self.spec) if warm and self.name in LEARNING_POLICIES else None
+        self.limit = _prompt_limit(target, pool, max_new_tokens)
+        self.warmed = False
+
+    def _generate(self, ids, max_new_tokens, **sampling):
+        return generate(self.target, ids, drafters=self.pool, max_new_tokens=max_new_tokens,
+                        policy=self.shared or self.name, draft_len=self.draft_len, spec_config=self.spec,
+                        eos_token_id=None, **sampling)
+
+    def prompt(self, index: int, prompt: Prompt) -> dict:
+        """Generate for one prompt; its summary row."""
+        ids = _encode(self.tokenizer, prompt.text, self.device, self.limit)
+        sampling = dict(seed=self.seed + index)
+        if self.do_sample:
+            sampling.update(do_sample=True, temperature=self.temperature)
+        if self.device.type == "cuda" and self.policy != BASELINE and not self.warmed:
+            # Untimed warm-up with a fresh learner: Triton compiles each kernel variant on its first call, which
+            # would otherwise land in the first prompt's wall time.
+            generate(self.target, ids, drafters=self.pool, max_new_tokens=min(8, self.max_new_tokens),
+                     policy=self.name, draft_len=self.draft_len, spec_config=self.spec, eos_token_id=None, **sampling)
+        self.warmed = True
+        if self.policy == BASELINE:
+            row = _baseline(self.target, ids, self.max_new_tokens, dict(sampling))
         else:
-            out = generate(target, ids, drafters=pool, max_new_tokens=max_new_tokens, policy=shared or name,
-                           draft_len=draft_len, spec_config=spec, eos_token_id=None, **sampling)
+            start = time.perf_counter()  # timed around the call, like the baseline: generate()'s setup included
+            out = self._generate(ids, self.max_new_tokens, **sampling)
+            if ids.device.type == "cuda":
+                torch.cuda.synchronize()
+            wall = time.perf_counter() - start
             s = out.stats
-            row = dict(new_tokens=s.new_tokens, rounds=s.rounds, wall_s=s.wall_s, drafter_counts=s.drafter_counts,
+            row = dict(new_tokens=s.new_tokens, rounds=s.rounds, wall_s=wall, drafter_counts=s.drafter_counts,
                        chosen=[r.chosen for r in s.records], emitted=[r.emitted for r in s.records],
                        host_syncs=s.host_syncs, oracle_choice=s.oracle_choice, final_weights=s.final_weights,
+                       phase_seconds=s.phase_seconds, prefill_s=s.prefill_s, evaluations=s.evaluations,
                        tokens=out.sequences[0, ids.shape[1]:].tolist())
         row.update(domain=prompt.domain, prompt_index=index)
-        rows.append(row)
+        return row
+
+
+def run_policy(policy: str, target, pool: list, tokenizer, prompts: list[Prompt], *, progress=None, **kw) -> list:
+    """Run one policy over a workload; one summary dict per prompt (see :class:`PolicyRun`)."""
+    runner = PolicyRun(policy, target, pool, tokenizer, **kw)
+    rows = []
+    for index, prompt in enumerate(prompts):
+        rows.append(runner.prompt(index, prompt))
         if progress is not None:
             progress.update(1)
     return rows
@@ -182,20 +206,25 @@ def run(target, drafters: dict, tokenizer, workloads: dict[str, list[Prompt]], p
     bar = tqdm(total=total, desc="prompts × policies", disable=not show_progress)
     results: dict = {"_drafters": names}
     for wname, prompts in workloads.items():
-        results[wname] = {}
-        for policy in policies:
-            if policy in done.get(wname, {}):
-                results[wname][policy] = done[wname][policy]
-                continue
-            bar.set_postfix_str(f"{wname} / {policy}")
-            rows = run_policy(policy, target, pool, tokenizer, prompts, max_new_tokens=max_new_tokens,
-                              draft_len=draft_len, do_sample=do_sample, seed=seed, warm=warm, spec=spec,
-                              temperature=temperature, progress=bar)
-            results[wname][policy] = rows
+        results[wname] = {p: done[wname][p] for p in policies if p in done.get(wname, {})}
+        todo = [p for p in policies if p not in results[wname]]
+        runners = {p: PolicyRun(p, target, pool, tokenizer, max_new_tokens=max_new_tokens, draft_len=draft_len,
+                                do_sample=do_sample, seed=seed, warm=warm, spec=spec, temperature=temperature)
+                   for p in todo}
+        rows: dict = {p: [] for p in todo}
+        for index, prompt in enumerate(prompts):  # interleaved, order rotated: no policy always runs first
+            shift = index % max(len(todo), 1)
+            for policy in todo[shift:] + todo[:shift]:
+                bar.set_postfix_str(f"{wname} / {policy}")
+                rows[policy].append(runners[policy].prompt(index, prompt))
+                bar.update(1)
+        for policy in todo:  # a workload is recorded once every policy has run all its prompts
+            results[wname][policy] = rows[policy]
             if record:
                 record.parent.mkdir(parents=True, exist_ok=True)
                 with record.open("a") as fh:
-                    fh.write(json.dumps({"workload": wname, "policy": policy, "rows": rows}) + "\n")
+                    fh.write(json.dumps({"workload": wname, "policy": policy, "rows": rows[policy]}) + "\n")
+        results[wname] = {p: results[wname][p] for p in policies}
     bar.close()
     return results
 
@@ -266,6 +295,10 @@ def summarize(results: dict, expert_of: dict[str, int] | None = None) -> dict:
                                        if on_expert else None),
                 "per_domain_mat": {d: t / n for d, (t, n) in per_domain.items() if n},
             }
+            if wall and all("phase_seconds" in r for r in rows):  # where the wall time went (prefill included)
+                phases = {k: sum(r["phase_seconds"].get(k, 0.0) for r in rows) for k in rows[0]["phase_seconds"]}
+                phases["prefill"] = sum(r.get("prefill_s") or 0.0 for r in rows)
+                entry["time_share"] = {k: v / wall for k, v in phases.items()}
             if oracle is not None and policy != BASELINE:
                 entry["extra_rounds_vs_oracle"] = rounds - sum(r["rounds"] for r in oracle)
                 entry["mat_vs_oracle"] = entry["mean_accepted"] / (sum(r["new_tokens"] for r in oracle) /
@@ -278,14 +311,18 @@ def summarize(results: dict, expert_of: dict[str, int] | None = None) -> dict:
 def format_table(summary: dict, workload_name: str) -> str:
     """A readable table of one workload's summary."""
     table = summary["workloads"][workload_name]
-    lines = [f"{'policy':<16}{'MAT':>7}{'vs oracle':>11}{'tok/s':>9}{'rounds':>8}{'on expert':>11}  drafter counts"]
+    lines = [f"{'policy':<24}{'MAT':>7}{'vs oracle':>11}{'tok/s':>9}{'rounds':>8}{'on expert':>11}{'eval':>7}"
+             f"{'prefill':>9}  drafter counts"]
     order = sorted(table, key=lambda p: -table[p]["mean_accepted"])
     for policy in order:
         e = table[policy]
         share = "" if e["right_expert_share"] is None else f"{100 * e['right_expert_share']:.0f}%"
         ratio = f"{100 * e['mat_vs_oracle']:.1f}%" if "mat_vs_oracle" in e else ""
-        lines.append(f"{policy:<16}{e['mean_accepted']:>7.3f}{ratio:>11}{e['tokens_per_s']:>9.1f}{e['rounds']:>8}"
-                     f"{share:>11}  {e['drafter_counts']}")
+        times = e.get("time_share", {})
+        evaluation = f"{100 * times['evaluate']:.0f}%" if "evaluate" in times else ""
+        prefill = f"{100 * times['prefill']:.0f}%" if "prefill" in times else ""
+        lines.append(f"{policy:<24}{e['mean_accepted']:>7.3f}{ratio:>11}{e['tokens_per_s']:>9.1f}{e['rounds']:>8}"
+                     f"{share:>11}{evaluation:>7}{prefill:>9}  {e['drafter_counts']}")
     return "\n".join(lines)
 
 

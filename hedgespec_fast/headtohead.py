@@ -52,15 +52,21 @@ class Prompt:
 
 
 def spec_bench_prompts(path: str | Path, tokenizer, per_category: int, max_prompt_tokens: int, seed: int = 0,
-                       code: bool = True) -> list[Prompt]:
+                       code: bool = True, categories: list[str] | None = None) -> list[Prompt]:
     """``per_category`` Spec-Bench first turns per category (seeded sample among those whose chat-templated length
-    fits ``max_prompt_tokens``), then the built-in code prompts; every prompt with the chat template applied."""
+    fits ``max_prompt_tokens``; only ``categories`` when given), then the built-in code prompts; every prompt with
+    the chat template applied."""
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
     rng = random.Random(seed)
     by_category: dict[str, list] = {}
     for row in rows:
         by_category.setdefault(row["category"], []).append(row["turns"][0])
     picked = []
+    if categories:
+        unknown = set(categories) - set(by_category)
+        if unknown:
+            raise SystemExit(f"unknown Spec-Bench categories {sorted(unknown)}; known: {', '.join(by_category)}")
+        by_category = {c: by_category[c] for c in categories}
     for category, texts in by_category.items():
         encoded = [(t, chat_ids(tokenizer, t)) for t in texts]
         fits = [e for e in encoded if e[1].shape[1] <= max_prompt_tokens]
@@ -336,7 +342,9 @@ def markdown(table: dict, meta: dict) -> str:
 
 def build_parser(parser):
     parser.add_argument("--per-category", type=int, default=1, help="Spec-Bench prompts per category")
+    parser.add_argument("--categories", default=None, help="comma list of Spec-Bench categories (default: all 13)")
     parser.add_argument("--no-code", action="store_true", help="leave out the built-in code prompts")
+    parser.add_argument("--drafters", default=None, help="comma list of the pool's drafters (default: all)")
     parser.add_argument("--max-prompt-tokens", type=int, default=800)
     parser.add_argument("--calibration-prompts", type=int, default=2)
     parser.add_argument("--hf-ks", default="4,8,16", help="num_assistant_tokens swept for HF's best fixed K")
@@ -355,14 +363,16 @@ def main(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
-    tokenizer, target, drafters = models.load(args.pool, dtype=dtype, device=args.device)
+    chosen = [d.strip() for d in args.drafters.split(",") if d.strip()] if args.drafters else None
+    tokenizer, target, drafters = models.load(args.pool, dtype=dtype, device=args.device, drafters=chosen)
     names = list(drafters)
     lm_drafters = [n for n in names if not isinstance(drafters[n], NGramDrafter)]
     from .benchmark import _default_spec_bench
 
     path = args.spec_bench or _default_spec_bench()
+    categories = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None
     prompts = spec_bench_prompts(path, tokenizer, args.per_category, args.max_prompt_tokens, args.seed,
-                                 code=not args.no_code)
+                                 code=not args.no_code, categories=categories)
     calibration = spec_bench_prompts(path, tokenizer, 1, 200, args.seed + 1000, code=False)[: args.calibration_prompts]
     sampling = dict(do_sample=True, temperature=args.temperature) if args.sample else dict(do_sample=False)
     eos = tokenizer.eos_token_id

@@ -128,7 +128,10 @@ def _converted(folder: Path) -> bool:
     import transformers
 
     written = json.loads(done.read_text()).get("transformers")
-    return written is None or written.split(".")[0] == transformers.__version__.split(".")[0]
+    if written is None:  # folders converted before the version was recorded: save_pretrained's own stamp
+        config = folder / "config.json"
+        written = json.loads(config.read_text()).get("transformers_version") if config.exists() else None
+    return written is not None and written.split(".")[0] == transformers.__version__.split(".")[0]
 
 
 def is_fetched(name: str, root: Path | None = None) -> bool:

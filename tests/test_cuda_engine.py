@@ -64,3 +64,32 @@ def test_sampling_on_cuda_is_seeded_and_bounded(zoo_on_cuda):
     a, b = hs.generate(target, ids, **kw), hs.generate(target, ids, **kw)
     assert torch.equal(a.sequences, b.sequences)
     assert a.sequences.shape[1] <= ids.shape[1] + 40
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("policy", ["hedgespec", "fixed:0", "ucbspec"])
+def test_static_graphed_rounds_equal_eager_and_target_generate_on_cuda(arch, policy):
+    """Static caches with CUDA graphs (target verify and drafter steps replayed): the same tokens as the eager
+    dynamic path and as ``target.generate()``, one host sync a round, and the graphs were really replayed."""
+    from hedgespec_fast import graphs
+    from hedgespec_fast.cache import static_caches_supported
+
+    if not static_caches_supported():
+        pytest.skip("static caches need transformers >= 5")
+    target = tiny_model(arch, seed=8).cuda()
+    drafters = [d.cuda() for d in drafter_zoo(target, seed=8)] + [hs.NGramDrafter()]
+    prompt = torch.tensor([[9, 10, 11, 9, 10, 12, 9, 10]], device="cuda")
+    plain = target.generate(prompt, do_sample=False, max_new_tokens=40, eos_token_id=None)
+    runs = {}
+    for mode, (cache, graphed) in {"eager": (None, False), "static": ("static", False),
+                                   "graphs": ("static", True)}.items():
+        spec = hs.SpecConfig(cache_implementation=cache, cuda_graphs=graphed, objective="mat")
+        for _ in range(2):  # the second call replays the graphs captured by the first
+            runs[mode] = hs.generate(target, prompt, drafters=drafters, max_new_tokens=40, draft_len=4,
+                                     policy=policy, eos_token_id=None, seed=1, spec_config=spec)
+            assert torch.equal(runs[mode].sequences, plain), (mode, policy)
+    if policy == "fixed:0":  # learners' evaluation schedule follows measured costs, which the graphs change
+        assert [r.accepted for r in runs["graphs"].stats.records] == [r.accepted for r in runs["eager"].stats.records]
+    assert runs["graphs"].stats.host_syncs <= runs["graphs"].stats.rounds + 1
+    _, _, graphed = graphs._KEPT[target]["target"]
+    assert graphed is not None and graphed.reason is None and graphed.graphs, graphed and graphed.eager
