@@ -151,6 +151,7 @@ class PolicyRun:
             wall = time.perf_counter() - start
             s = out.stats
             row = dict(new_tokens=s.new_tokens, rounds=s.rounds, wall_s=wall, drafter_counts=s.drafter_counts,
+                       no_draft_rounds=s.no_draft_rounds,
                        chosen=[r.chosen for r in s.records], emitted=[r.emitted for r in s.records],
                        host_syncs=s.host_syncs, oracle_choice=s.oracle_choice, final_weights=s.final_weights,
                        phase_seconds=s.phase_seconds, prefill_s=s.prefill_s, evaluations=s.evaluations,
@@ -291,6 +292,7 @@ def summarize(results: dict, expert_of: dict[str, int] | None = None) -> dict:
                 "rounds": rounds,
                 "new_tokens": tokens,
                 "drafter_counts": counts,
+                "no_draft_rounds": sum(r.get("no_draft_rounds", 0) for r in rows),
                 "right_expert_share": (sum(a for a, _ in on_expert) / sum(b for _, b in on_expert)
                                        if on_expert else None),
                 "per_domain_mat": {d: t / n for d, (t, n) in per_domain.items() if n},
@@ -322,7 +324,8 @@ def format_table(summary: dict, workload_name: str) -> str:
         evaluation = f"{100 * times['evaluate']:.0f}%" if "evaluate" in times else ""
         prefill = f"{100 * times['prefill']:.0f}%" if "prefill" in times else ""
         lines.append(f"{policy:<24}{e['mean_accepted']:>7.3f}{ratio:>11}{e['tokens_per_s']:>9.1f}{e['rounds']:>8}"
-                     f"{share:>11}{evaluation:>7}{prefill:>9}  {e['drafter_counts']}")
+                     f"{share:>11}{evaluation:>7}{prefill:>9}  {e['drafter_counts']}"
+                     + (f" + {e['no_draft_rounds']} undrafted" if e.get("no_draft_rounds") else ""))
     return "\n".join(lines)
 
 

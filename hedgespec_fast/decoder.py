@@ -72,6 +72,7 @@ class SpeculativeDecoder:
         cache = self._target_cache(cache_len)  # the target's cache holds every committed token but the last
         costs = self._cost_model(policy)
         policy.begin(len(pool), draft_len, cfg.seed, costs=costs)
+        self.schedule.begin(getattr(getattr(policy, "stream", None), "window", draft_len))
         tracks = policy.full_information or cfg.record_gamma
         warm = min(cfg.prompt_warmup, start_len - 1) if policy.full_information else 0
         if start_len > 1:  # with the warm start, the target's logits at the prompt's last `warm` positions are kept
@@ -92,7 +93,8 @@ class SpeculativeDecoder:
             marks = [timer.mark("select")]
             chosen = policy.choose(pool.awake())
             stats.host_syncs += policy.host_syncs_per_choice
-            budget = min(policy.draft_length(), self.max_length - length - 1)
+            wanted = policy.draft_length()  # 0: the throughput learner's "no draft" arm
+            budget = min(wanted, self.max_length - length - 1)
             clean = pool.lag(chosen) <= 2  # a drafter far behind catches up first: not a drafting cost
 
             marks.append(timer.mark("draft"))
@@ -157,7 +159,10 @@ class SpeculativeDecoder:
             self._read_costs(timer, unread, costs)
             stats.records.append(RoundRecord(chosen, k, n_accepted, m, gamma))
             stats.rounds += 1
-            stats.drafter_counts[chosen] += 1
+            if wanted == 0:  # nobody drafted, whatever the label says
+                stats.no_draft_rounds += 1
+            else:
+                stats.drafter_counts[chosen] += 1
             stats.drafted_tokens += k
             stats.accepted_tokens += n_accepted
             length += m

@@ -154,7 +154,9 @@ class EvaluationSchedule:
 
     ``every`` = an int: defer and evaluate every that many rounds, nothing skipped (HedgeSpec App. B.5's
     system-efficient variant). ``every = "auto"``: evaluation in batches of ``batch`` consecutive rounds (so the
-    expected-length windows inside a batch complete), and after each batch as many rounds skipped as keep the
+    expected-length windows inside a batch complete: a batch also waits until it holds ``min_positions``
+    positions, the learner's window, else rounds that emit one token each would never complete a window of a
+    long-draft arm and those arms would never be scored), and after each batch as many rounds skipped as keep the
     measured evaluation time within ``budget`` of all the time spent: a batch that took ``t`` seconds of evaluation
     over rounds of ``w`` seconds of other work each is followed by ⌈t / (budget · w)⌉ − batch skipped rounds. A
     drafter that is neither chosen nor evaluated costs nothing (it catches up when next needed, computing no logits
@@ -168,6 +170,11 @@ class EvaluationSchedule:
         self.every, self.budget, self.batch = every, budget, batch
         self.max_rounds, self.max_positions = max_rounds, max_positions
         self.skip_left = 0
+        self.min_positions = 1
+
+    def begin(self, window: int) -> None:
+        """The learner's loss window (K for a fixed draft length, K_max under the throughput objective)."""
+        self.min_positions = max(1, min(int(window), self.max_positions))
 
     def decide(self, owed_rounds: int, owed_positions: int, costs) -> str:
         """``owed_*``: deferred rounds / positions including this round's."""
@@ -177,7 +184,7 @@ class EvaluationSchedule:
             if self.skip_left > 0:
                 self.skip_left -= 1
                 return "skip"
-            due = owed_rounds >= self.batch
+            due = owed_rounds >= self.batch and owed_positions >= self.min_positions
         if due or owed_rounds >= self.max_rounds or owed_positions >= self.max_positions:
             return "evaluate"
         return "defer"

@@ -170,6 +170,7 @@ def run_method(method: Method, target, drafters: dict, ids: torch.Tensor, *, max
                ttft_s=(clock.first - start) if clock.first is not None else wall)
     if stats is not None:
         row.update(rounds=stats.rounds, mean_accepted=stats.mean_accepted, drafter_counts=stats.drafter_counts,
+                   no_draft_rounds=stats.no_draft_rounds,
                    host_syncs=stats.host_syncs, drafted=[r.drafted for r in stats.records],
                    phase_seconds=stats.phase_seconds, evaluations=stats.evaluations, prefill_s=stats.prefill_s)
     return row

@@ -44,8 +44,11 @@ def forward_rows(model, tokens: torch.Tensor, cache, keep: int, rows: int = 1, *
 def vocab_size(model) -> int:
     """Rows of the output projection: the size of the distributions the model emits."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    rows = getattr(head, "out_features", None)  # nn.Linear and quantized linears alike, without touching weights
+    if isinstance(rows, int) and rows > 0:
+        return rows
     weight = getattr(head, "weight", None)
-    if callable(weight):  # quantized linears (torch.ao dynamic int8) expose weight()
+    if callable(weight):  # quantized linears (torch.ao dynamic int8) expose weight(): an unpack, seconds for a head
         weight = weight()
     if weight is not None and hasattr(weight, "shape"):
         return int(weight.shape[0])

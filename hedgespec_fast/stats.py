@@ -84,7 +84,8 @@ class GenerationStats:
     wall_s: float = 0.0
     prefill_s: float = 0.0
     host_syncs: int = 0
-    drafter_counts: list = field(default_factory=list)
+    drafter_counts: list = field(default_factory=list)  # rounds each drafter drafted (was chosen to)
+    no_draft_rounds: int = 0  # rounds the throughput learner chose its "no draft" arm (a plain target step)
     records: list = field(default_factory=list)
     final_weights: list | None = None
     oracle_choice: int | None = None
@@ -130,6 +131,7 @@ class GenerationStats:
             "host_syncs": self.host_syncs,
             "drafter_names": list(self.drafter_names),
             "drafter_counts": list(self.drafter_counts),
+            "no_draft_rounds": self.no_draft_rounds,
             "phase_seconds": self.phase_seconds,
             "final_weights": self.final_weights,
             "oracle_choice": self.oracle_choice,
@@ -148,4 +150,4 @@ class GenerationStats:
         return (f"GenerationStats(policy={self.policy!r}, mean_accepted={self.mean_accepted:.3f}, "
                 f"rounds={self.rounds}, "
                 f"new_tokens={self.new_tokens}, tokens_per_s={self.tokens_per_s:.1f}, "
-                f"drafter_counts={self.drafter_counts})")
+                f"drafter_counts={self.drafter_counts}, no_draft_rounds={self.no_draft_rounds})")

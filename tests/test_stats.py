@@ -24,7 +24,7 @@ def test_stats_add_up(setup):
     out = hs.generate(target, prompt, drafters=drafters, max_new_tokens=40, draft_len=4, eos_token_id=None,
                       objective="mat")  # evaluated every round: every record holds γ
     s = out.stats
-    assert s.rounds == len(s.records) == sum(s.drafter_counts)
+    assert s.rounds == len(s.records) == sum(s.drafter_counts) + s.no_draft_rounds
     assert s.new_tokens == out.sequences.shape[1] - prompt.shape[1] == sum(r.emitted for r in s.records)
     assert s.mean_accepted == pytest.approx(s.new_tokens / s.rounds)
     assert all(r.emitted == r.accepted + 1 for r in s.records)  # no EOS here: every round ends with a target token
