@@ -310,7 +310,7 @@ def plot(table: dict, path: Path) -> Path:
     grid = [[table[m]["speedup_by_category"].get(c, float("nan")) for c in categories] + [table[m].get("speedup")
                                                                                            or float("nan")]
             for m in methods]
-    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * (len(categories) + 1), 0.9 + 0.38 * len(methods)))
+    fig, ax = plt.subplots(figsize=(4.5 + 0.75 * (len(categories) + 1), 1.6 + 0.38 * len(methods)))
     image = ax.imshow(grid, cmap="RdYlGn", vmin=0.5, vmax=2.0, aspect="auto")
     ax.set_xticks(range(len(categories) + 1), categories + ["ALL"], rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(len(methods)), methods, fontsize=8)
@@ -318,8 +318,8 @@ def plot(table: dict, path: Path) -> Path:
         for c, value in enumerate(row):
             if value == value:
                 ax.text(c, r, f"{value:.2f}", ha="center", va="center", fontsize=6.5)
-    fig.colorbar(image, ax=ax, label="speedup over plain generate() (same tokens, wall time)")
-    ax.set_title("tokens/s relative to plain target.generate(), by prompt category")
+    fig.colorbar(image, ax=ax, label="speedup over plain generate()\n(same tokens, wall time)")
+    ax.set_title("tokens/s vs plain target.generate(),\nby prompt category", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)
@@ -351,6 +351,8 @@ def build_parser(parser):
     parser.add_argument("--hf-ks", default="4,8,16", help="num_assistant_tokens swept for HF's best fixed K")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--methods", default=None, help="comma list of method names (default: all)")
+    parser.add_argument("--variants", default="", help="more hedgespec policies to run, e.g. "
+                        "'hedgespec@prompt_warmup=0,hedgespec@eval_budget=0.2' (added to --methods)")
     return parser
 
 
@@ -387,12 +389,16 @@ def main(args) -> dict:
         best_k = calibrate_hf_k(target, drafters, lm_drafters, calibration, ks, seed=args.seed, **kw) if ks else {}
         calib_file.write_text(json.dumps(best_k))
     methods = default_methods(names, lm_drafters, best_k, args.draft_len)
+    from .benchmark import split_policy_list
+
+    variants = [v for v in split_policy_list(args.variants) if v not in {m.name for m in methods}]
+    methods += [Method(v, "hedgespec", policy=v) for v in variants]
     if args.methods:
         wanted = [w.strip() for w in args.methods.split(",") if w.strip()]
         unknown = set(wanted) - {m.name for m in methods}
         if unknown:
             raise SystemExit(f"unknown methods {sorted(unknown)}; known: {', '.join(m.name for m in methods)}")
-        methods = [m for m in methods if m.name in wanted]
+        methods = [m for m in methods if m.name in wanted or m.name in variants]
     for method in tqdm(methods, desc="warm-up", disable=False):  # untimed: caches, kernels, cost calibration
         run_method(method, target, drafters, calibration[0].ids, max_new_tokens=8, draft_len=args.draft_len,
                    sampling=sampling, seed=args.seed, eos=eos)

@@ -76,3 +76,30 @@ def test_sampling_follows_the_target_on_the_first_token(smollm2):
         counts[int(out.sequences[0, ids.shape[1]])] += 1
     assert counts[exact == 0].sum() == 0
     assert chi2_pvalue(counts, exact) > P_ACCEPT
+
+
+@pytest.mark.parametrize("sample", [False, True], ids=["greedy", "sampling"])
+def test_head_to_head_harness_runs_and_resumes(smollm2, tmp_path, sample):
+    """`hedgespec bench --pool`: every kind of method on a Spec-Bench prompt, a table, JSON, a plot; greedy outputs
+    checked against plain generate() (fp32: no mismatches); a second run resumes instead of generating again."""
+    import json
+
+    from hedgespec_fast import cli
+
+    methods = "plain,hf-lookup,hf-assisted:smollm2-int8,hedgespec,hedgespec (warm),fixed:ngram"
+    argv = ["bench", "--pool", "smollm2", "--categories", "coding", "--no-code", "--per-category", "1",
+            "--max-new-tokens", "6", "--draft-len", "4", "--hf-ks", "", "--threads", "1", "--methods", methods,
+            "--variants", "hedgespec@prompt_warmup=0", "--out", str(tmp_path)]
+    if sample:
+        argv += ["--sample", "--temperature", "0.7"]
+    cli.main(argv)
+    table = json.loads((tmp_path / "summary.json").read_text())["table"]
+    assert set(table) >= set(methods.split(",")) | {"hedgespec@prompt_warmup=0"}
+    assert all(e["tokens_per_s"] > 0 and "coding" in e["speedup_by_category"] for e in table.values())
+    if not sample:
+        assert all(e["mismatches"] == [] for m, e in table.items() if "mismatches" in e)
+    assert (tmp_path / "speedup_by_category.png").stat().st_size > 0
+    assert "Head to head" in (tmp_path / "results.md").read_text()
+    lines = (tmp_path / "record.jsonl").read_text().splitlines()
+    cli.main(argv)  # resumed: nothing generated twice
+    assert (tmp_path / "record.jsonl").read_text().splitlines() == lines
