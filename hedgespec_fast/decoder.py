@@ -6,7 +6,7 @@ import time
 import torch
 
 from .cache import new_cache
-from .config import SpecConfig
+from .config import DEFAULT_PROMPT_WARMUP, SpecConfig
 from .cost import CostModel, shared_cost_model
 from .drafters.base import DraftContext
 from .feedback import EvaluationSchedule, Evaluator, PromptScores
@@ -74,7 +74,10 @@ class SpeculativeDecoder:
         policy.begin(len(pool), draft_len, cfg.seed, costs=costs)
         self.schedule.begin(getattr(getattr(policy, "stream", None), "window", draft_len))
         tracks = policy.full_information or cfg.record_gamma
-        warm = min(cfg.prompt_warmup, start_len - 1) if policy.full_information else 0
+        warmup = cfg.prompt_warmup
+        if warmup is None:  # by the learner's own objective (a selector object may differ from the config's)
+            warmup = DEFAULT_PROMPT_WARMUP.get(getattr(policy, "objective", cfg.objective), 0)
+        warm = min(warmup, start_len - 1) if policy.full_information else 0
         if start_len > 1:  # with the warm start, the target's logits at the prompt's last `warm` positions are kept
             prompt_rows = forward_logits(self.target, ids[0, : start_len - 1], cache, keep=max(warm, 1))
         prompt = PromptScores(self.evaluator, prompt_rows, self.warp, ids, start_len, len(pool)) if warm else None

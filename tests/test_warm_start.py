@@ -91,3 +91,14 @@ def test_warm_start_composes_with_a_selector_reused_across_prompts(pool):
     out = hs.generate(target, prompt(40, 2), drafters=drafters, max_new_tokens=8, eos_token_id=None, policy=selector)
     assert out.stats.prompt_positions == 32 and int(selector.step) >= steps + 32 - 5 + 1
     assert int(selector.weights().argmax()) == BEST
+
+
+def test_default_warm_start_follows_the_learners_objective(pool):
+    """On by default for MAT learners, off for the throughput learner (chat prompts under-rate drafting: see
+    config.DEFAULT_PROMPT_WARMUP); a selector object's own objective decides, not the config's."""
+    target, drafters = pool
+    cases = [("hedgespec@objective=mat", 32), ("hedgespec", 0),
+             (hs.HedgeSpecSelector(len(drafters), objective="mat"), 32), (hs.HedgeSpecSelector(len(drafters)), 0)]
+    for policy, expected in cases:
+        out = hs.generate(target, prompt(40), drafters=drafters, max_new_tokens=6, eos_token_id=None, policy=policy)
+        assert out.stats.prompt_positions == expected, policy
