@@ -233,8 +233,11 @@ def test_deferred_choice_rides_in_the_packed_read(tiny_pool, objective):
         return out
 
     selector.receive_choice, selector.choose = spy_receive, spy_choose
-    out = hs.generate(target, prompt, drafters=drafters, max_new_tokens=40, eos_token_id=None, policy=selector)
+    # with the prompt warm start the learner has updated before round one, so every round reads back an arm
+    out = hs.generate(target, prompt, drafters=drafters, max_new_tokens=40, eos_token_id=None, policy=selector,
+                      spec_config=hs.SpecConfig(prompt_warmup=5))
     assert torch.equal(out.sequences, ref)
+    assert out.stats.prompt_positions == 5
     assert len(received) == out.stats.rounds  # one arm read back per round, in the packed read
     for arm, (drafter, length) in zip(received, played[1:]):
         want = selector.arms[arm]

@@ -102,3 +102,25 @@ def test_default_warm_start_follows_the_learners_objective(pool):
     for policy, expected in cases:
         out = hs.generate(target, prompt(40), drafters=drafters, max_new_tokens=6, eos_token_id=None, policy=policy)
         assert out.stats.prompt_positions == expected, policy
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["hedgespec@objective=mat", "hedgespec@prompt_warmup=4"])
+def test_sampling_with_the_warm_start_follows_the_target(policy, monkeypatch):
+    """χ² of the first two sampled tokens against the target's exact distribution with the prompt warm start on
+    (the MAT learner's default; forced on for the throughput learner), and the broken-rule control must reject."""
+    from sampling_utils import (P_ACCEPT, P_REJECT, PROMPT, chi2_pvalue, exact_first_two, generated_first_two,
+                                tiny_vocab_models)
+    from test_lossless_sampling import _broken_residual
+
+    import hedgespec_fast.speculation as speculation_module
+
+    target, drafters = tiny_vocab_models()
+    assert PROMPT.shape[1] > 2  # the warm start has prompt positions to score
+    kwargs = dict(max_new_tokens=3, draft_len=2, temperature=0.9, top_p=0.95, policy=policy)
+    exact = exact_first_two(target, 0.9, 0.95)
+    counts = generated_first_two(target, drafters, range(900), lambda seed: kwargs)
+    assert chi2_pvalue(counts, exact) > P_ACCEPT
+    monkeypatch.setattr(speculation_module, "verify_sampling", _broken_residual)
+    broken = generated_first_two(target, drafters, range(800), lambda seed: kwargs)
+    assert chi2_pvalue(broken, exact) < P_REJECT, "a broken rule went unnoticed with the warm start on"
