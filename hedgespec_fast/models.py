@@ -309,7 +309,8 @@ def _convert(gguf: Path, out: Path, source: GGUFSource) -> None:
     if packed:
         raise FetchError(f"{source.name}: {packed[:3]} still hold packed GGUF blocks after loading; cannot convert")
     model.hf_quantizer = None
-    model.config.quantization_config = None
+    # removed, not set to None: transformers 4.x serialises any quantization_config attribute it finds
+    model.config.__dict__.pop("quantization_config", None)
     if hasattr(model, "is_quantized"):
         model.is_quantized = False
     model.save_pretrained(partial)
