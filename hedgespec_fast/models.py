@@ -304,6 +304,9 @@ def _convert(gguf: Path, out: Path, source: GGUFSource) -> None:
     kwargs = dict(gguf_file=gguf.name)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.bfloat16, **kwargs, **_dequantized())
+    eos = model.config.eos_token_id
+    if isinstance(eos, int) and tokenizer.eos_token_id != eos:  # transformers 4.x's GGUF tokenizer picks another
+        tokenizer.eos_token = tokenizer.convert_ids_to_tokens(eos)  # (SmolLM2: <|im_start|>, not <|im_end|>)
     packed = [n for n, m in model.named_modules() if "gguf" in type(m).__name__.lower()]
     packed += [n for n, p in model.named_parameters() if not p.is_floating_point()]
     if packed:
