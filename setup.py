@@ -41,6 +41,7 @@ setup(
             "tokenizers>=0.19",
             "gguf>=0.10",
             "accelerate>=1.0",
+            "scikit-learn",  # transformers' adaptive assistant threshold: the head-to-head test runs HF's schedule
         ],
         "bench": ["matplotlib", "scikit-learn"],  # scikit-learn: transformers' adaptive assistant threshold
         "zoo": ["tokenizers>=0.19", "matplotlib"],
