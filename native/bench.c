@@ -36,6 +36,15 @@ static int check(hs_status status, const char *what) {
     return 1;
 }
 
+/* Records ``stop`` after the queued launches, waits for it, and returns the milliseconds since ``start``. */
+static float stop_ms(const hs_cuda_api *cu, CUevent start, CUevent stop) {
+    cu->EventRecord(stop, NULL);
+    cu->EventSynchronize(stop);
+    float ms = 0;
+    cu->EventElapsedTime(&ms, start, stop);
+    return ms;
+}
+
 static CUdeviceptr device_random(const hs_cuda_api *cu, size_t bytes, unsigned seed) {
     unsigned char *host = malloc(bytes);
     unsigned state = seed * 2654435761u + 1;
@@ -100,10 +109,7 @@ int main(int argc, char **argv) {
                 return 1;
             RANGE_POP();
         }
-        cu->EventRecord(stop, NULL);
-        cu->EventSynchronize(stop);
-        float ms = 0;
-        cu->EventElapsedTime(&ms, start, stop);
+        float ms = stop_ms(cu, start, stop);
         printf("learner %s N=%d width=%d K=%d: %.2f us per launch\n", learner, n, width, k, 1e3 * ms / iters);
         return 0;
     }
@@ -132,10 +138,7 @@ int main(int argc, char **argv) {
             return 1;
         RANGE_POP();
     }
-    cu->EventRecord(stop, NULL);
-    cu->EventSynchronize(stop);
-    float ms = 0;
-    cu->EventElapsedTime(&ms, start, stop);
+    float ms = stop_ms(cu, start, stop);
     double us = 1e3 * ms / iters, gbps = bytes_in / (us * 1e3);
     double hbm = atof(arg(argc, argv, "--hbm-gbps", "4800"));  /* H200: 4.8 TB/s */
     printf("acceptance %s %s N=%d m=%d V=%d: %.2f us per launch, %.0f GB/s = %.2fx the %.0f GB/s floor\n",

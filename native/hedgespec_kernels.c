@@ -91,13 +91,19 @@ static int runs_on(int variant_arch, int device_arch) {
     return variant_arch / 10 == device_arch / 10 && variant_arch <= device_arch;
 }
 
-static hs_status function_for(int index, CUfunction *function) {
+/* The driver, the current context and its compute capability (HS_NO_DRIVER / the driver's error otherwise). */
+static hs_status current_device(const hs_cuda_api **cu, CUcontext *context, int *arch) {
     const char *why = NULL;
-    const hs_cuda_api *cu = hs_cuda(&why);
-    if (cu == NULL) return fail(HS_NO_DRIVER, "%s", why);
+    *cu = hs_cuda(&why);
+    if (*cu == NULL) return fail(HS_NO_DRIVER, "%s", why);
+    return current_arch(*cu, context, arch);
+}
+
+static hs_status function_for(int index, CUfunction *function) {
+    const hs_cuda_api *cu;
     CUcontext context;
     int arch;
-    hs_status status = current_arch(cu, &context, &arch);
+    hs_status status = current_device(&cu, &context, &arch);
     if (status != HS_OK) return status;
     pthread_mutex_lock(&loading);
     loaded_context *slot = NULL;
@@ -129,12 +135,10 @@ static hs_status function_for(int index, CUfunction *function) {
 /* The specialisation for (kind, fields) on the current device; HS_UNSUPPORTED naming what is missing. */
 static hs_status find_variant(int kind, int dtype, int mode, int top_l, int algo, int loss, int sample, int n,
                               int *index) {
-    const char *why = NULL;
-    const hs_cuda_api *cu = hs_cuda(&why);
-    if (cu == NULL) return fail(HS_NO_DRIVER, "%s", why);
+    const hs_cuda_api *cu;
     CUcontext context;
     int arch;
-    hs_status status = current_arch(cu, &context, &arch);
+    hs_status status = current_device(&cu, &context, &arch);
     if (status != HS_OK) return status;
     int best = -1, archs_here = 0;
     for (int i = 0; i < hs_variant_count; i++) {
