@@ -10,10 +10,15 @@ many tokens drafted, how many the target verified, how many positions were evalu
   after), so each ``n`` is measured, and an unseen ``n`` is interpolated between its measured neighbours and taken
   equal to the largest measured one beyond them (optimistic: an arm is tried before it is ruled out).
 - ``draft[i]``: seconds per drafted token of drafter ``i`` (a model drafter runs one forward per token).
-- ``evaluate``: seconds the full-information evaluation costs per round (0 in the rounds it is deferred).
-- ``overhead``: everything else in a round (selection, learner update, bookkeeping).
+- ``evaluate`` and ``update``: seconds the full-information evaluation and the learner's update cost per round
+  (long-run means: evaluation comes in batches), and ``positions``, the positions a round emits (long-run mean).
+  Both scale with the positions scored, not with the rounds (the update runs one learner round per position), so
+  they are charged per emitted position: ``position_seconds`` = (evaluate + update) / positions.
+- ``overhead``: the rest of a round outside the forwards (the choice).
 
-Expected cost of an arm (i, K):  C(i, K) = verify[K + 1] + K·draft[i] + evaluate + overhead  (ALGORITHMS.md §3).
+Expected cost of an arm (i, K) emitting ÂL tokens:  C(i, K) + e·ÂL with C(i, K) = verify[K + 1] + K·draft[i] +
+overhead and e = ``position_seconds`` (ALGORITHMS.md §3). A per-round charge would be wrong here: it would make
+every arm that emits few tokens a round (the no-draft arm above all) look dearer than it is.
 All running means are exponential (``decay``), so costs follow a machine whose speed drifts.
 """
 from __future__ import annotations
@@ -39,6 +44,8 @@ class CostModel:
         self.verify: dict[int, float] = {}
         self.draft: list[float | None] = [None] * n_drafters
         self.evaluate = 0.0
+        self.update = 0.0
+        self.positions = 1.0
         self.overhead = 0.0
         self.work = 0.0  # a round's seconds outside evaluation (drafting, verifying, overhead)
         self.rounds = 0
@@ -56,8 +63,9 @@ class CostModel:
             self.draft[drafter] = self._mean(self.draft[drafter], seconds / tokens)
 
     def observe_round(self, chosen: int, drafted: int, verified: int, times: dict, evaluated: bool,
-                      clean_draft: bool = True) -> None:
-        """One round's phase seconds (``select, draft, verify, evaluate, update``)."""
+                      clean_draft: bool = True, positions: int | None = None) -> None:
+        """One round's phase seconds (``select, draft, verify, evaluate, update``) and the positions it emitted
+        (default: ``verified``, all of them accepted)."""
         self.rounds += 1
         if clean_draft:
             self.observe_draft(chosen, drafted, times["draft"])
@@ -65,10 +73,12 @@ class CostModel:
         first = self.rounds == 1
         # evaluation comes in bursts (a batch, then skipped rounds): its per-round cost is a long-run mean
         slow = self.decay / 10
-        self.evaluate = times["evaluate"] if first else self.evaluate + slow * (times["evaluate"] - self.evaluate)
+        emitted = float(verified if positions is None else positions)
+        for name, value in (("evaluate", times["evaluate"]), ("update", times["update"]), ("positions", emitted)):
+            setattr(self, name, value if first else getattr(self, name) + slow * (value - getattr(self, name)))
         if evaluated:
             self.eval_forward = self._mean(self.eval_forward, times["evaluate"])
-        self.overhead = self._mean(None if first else self.overhead, times["select"] + times["update"])
+        self.overhead = self._mean(None if first else self.overhead, times["select"])
         self.work = self._mean(None if first else self.work, sum(times.values()) - times["evaluate"])
 
     # -- estimates ---------------------------------------------------------------------------------------------------
@@ -97,18 +107,23 @@ class CostModel:
         return 0.0 if value is None else value
 
     def arm_seconds(self, arms: list[tuple[int, int]]) -> torch.Tensor | None:
-        """Expected seconds of a round for each arm ``(drafter, K)`` ``[E]`` fp32, or None before any verification was
-        measured."""
+        """Expected seconds of a round for each arm ``(drafter, K)`` ``[E]`` fp32, before the per-position charge
+        (:meth:`position_seconds`), or None before any verification was measured."""
         if not self.verify:
             return None
-        fixed = self.evaluate + self.overhead
         verify = {k: self.verify_seconds(k + 1) for k in {k for _, k in arms}}
         draft = [self.draft_seconds(i) for i in range(self.n_drafters)]
-        return torch.tensor([verify[k] + k * draft[i] + fixed for i, k in arms], dtype=torch.float32)
+        return torch.tensor([verify[k] + k * draft[i] + self.overhead for i, k in arms], dtype=torch.float32)
 
-    def round_seconds(self, drafter: int, k: int) -> float | None:
+    def position_seconds(self) -> float:
+        """Seconds of evaluation and learner update per emitted position (long-run means)."""
+        return (self.evaluate + self.update) / max(self.positions, 1.0)
+
+    def round_seconds(self, drafter: int, k: int, tokens: float | None = None) -> float | None:
+        """Expected seconds of a round of arm (drafter, k) that emits ``tokens`` positions (default k + 1)."""
         seconds = self.arm_seconds([(drafter, k)])
-        return None if seconds is None else float(seconds[0])
+        tokens = k + 1 if tokens is None else tokens
+        return None if seconds is None else float(seconds[0]) + tokens * self.position_seconds()
 
     def summary(self) -> dict:
         """The estimates, JSON-ready (milliseconds)."""
@@ -117,7 +132,8 @@ class CostModel:
 
         return {"verify_ms": {n: ms(v) for n, v in sorted(self.verify.items())},
                 "draft_ms_per_token": [ms(d) for d in self.draft], "evaluate_ms_per_round": ms(self.evaluate),
-                "overhead_ms_per_round": ms(self.overhead), "work_ms_per_round": ms(self.work),
+                "update_ms_per_round": ms(self.update), "positions_per_round": self.positions,
+                "selection_ms_per_position": ms(self.position_seconds()), "overhead_ms_per_round": ms(self.overhead), "work_ms_per_round": ms(self.work),
                 "evaluation_ms": ms(self.eval_forward), "rounds": self.rounds}
 
 

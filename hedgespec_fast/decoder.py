@@ -23,6 +23,14 @@ MAX_DEFERRED_ROUNDS = 32
 MAX_DEFERRED_POSITIONS = 128  # owed target rows: 128 × V × 8 bytes (warped + raw), 156 MB at V = 152k
 
 
+def policy_seed(seed: int | None) -> int | None:
+    """The policy's seed for a generation seeded with ``seed``: a different stream from the sampling generator's.
+    With the same seed the policy's uniform draws would be the very numbers that draft and accept this round's
+    tokens, so the drafter chosen would depend on the randomness that decides the output, and sampling would no
+    longer follow the target (the χ² tests catch it)."""
+    return None if seed is None else (seed * 0x9E3779B1 + 0x5EED) % (1 << 62)
+
+
 class SpeculativeDecoder:
     """Runs one speculative generation. Data flows one way: the policy sees outcomes, never models.
 
@@ -38,11 +46,16 @@ class SpeculativeDecoder:
     eos_ids : tokens that end the generation (emitted, then stop).
     stopping : other stopping criteria, checked after every emitted token (``crit(ids, None) -> bool tensor``).
     streamer : gets each round's emitted tokens (``put``) and ``end()``.
+    policy_outlives_call : the policy learns on after this generation (a selector reused across calls). When not,
+        feedback that could only reach it after the last round is not computed: the final evaluation is skipped
+        (``record_gamma`` still gets every position).
     """
 
     def __init__(self, target, pool: DrafterPool, policy: Policy, config: SpecConfig, warp: LogitsWarp,
-                 do_sample: bool, max_length: int, eos_ids=(), stopping=(), streamer=None, nvtx: bool = False):
+                 do_sample: bool, max_length: int, eos_ids=(), stopping=(), streamer=None, nvtx: bool = False,
+                 policy_outlives_call: bool = True):
         self.target, self.pool, self.policy, self.config, self.warp = target, pool, policy, config, warp
+        self.flush_at_end = policy_outlives_call or config.record_gamma
         self.do_sample, self.max_length, self.streamer = do_sample, max_length, streamer
         self.eos_ids, self.stopping, self.nvtx = set(eos_ids), list(stopping), nvtx
         # The seam between the round and its shape: a chain, a draft tree, or several drafts merged into a tree.
@@ -71,7 +84,7 @@ class SpeculativeDecoder:
         cache_len = self.max_length + spec.width + 1 if cfg.cache_implementation == "static" else None
         cache = self._target_cache(cache_len)  # the target's cache holds every committed token but the last
         costs = self._cost_model(policy)
-        policy.begin(len(pool), draft_len, cfg.seed, costs=costs)
+        policy.begin(len(pool), draft_len, policy_seed(cfg.seed), costs=costs, sleepers=pool.sleepers)
         self.schedule.begin(getattr(getattr(policy, "stream", None), "window", draft_len))
         tracks = policy.full_information or cfg.record_gamma
         warmup = cfg.prompt_warmup
@@ -134,7 +147,8 @@ class SpeculativeDecoder:
             gamma = awake = None
             decision = self._evaluation(owed, m, finished, stats, costs) if tracks else "skip"
             if decision == "skip":  # no model drafter computes beliefs here; free ones (n-gram) still may
-                free = [True if f else None for f in pool.free] if tracks and policy.partial_information else None
+                scored = tracks and policy.partial_information and not owed  # (owed: the final round, skipped)
+                free = [True if f else None for f in pool.free] if scored else None
                 beliefs = pool.commit(emitted, emitted_list, accepted_by, free)
                 if free and any(free):
                     gamma = self.evaluator.gamma(verified.target_warped[:m], verified.target_raw[:m], beliefs, ids,
@@ -158,7 +172,7 @@ class SpeculativeDecoder:
             marks.append(timer.mark(None))
 
             marks_per_round.append(marks)
-            unread.append((marks, chosen, k, d + 1, tracks and decision == "evaluate", clean))
+            unread.append((marks, chosen, k, d + 1, tracks and decision == "evaluate", clean, m))
             self._read_costs(timer, unread, costs)
             stats.records.append(RoundRecord(chosen, k, n_accepted, m, gamma))
             stats.rounds += 1
@@ -195,8 +209,10 @@ class SpeculativeDecoder:
 
     def _evaluation(self, owed: list, m: int, finished: bool, stats, costs: CostModel) -> str:
         """``"evaluate" | "defer" | "skip"`` for this round's positions (:class:`EvaluationSchedule`); the last round
-        flushes what is owed, and while the learner is confident (``skip_eval_above``) evaluation waits until the
-        schedule forces it."""
+        flushes what is owed (or, for a learner that ends with this call, skips it: nobody would learn from it), and
+        while the learner is confident (``skip_eval_above``) evaluation waits until the schedule forces it."""
+        if finished and not self.flush_at_end:
+            return "skip"
         decision = self.schedule.decide(len(owed) + 1, sum(w.shape[0] for w, _ in owed) + m, costs)
         if finished and decision == "defer":
             return "evaluate"
@@ -230,9 +246,9 @@ class SpeculativeDecoder:
         """Feed the cost model every finished round whose timings can be read without waiting (CPU clocks at once,
         CUDA events once they completed: never a host sync)."""
         while unread and timer.ready(unread[0][0]):
-            marks, chosen, drafted, verified, evaluated, clean = unread.pop(0)
+            marks, chosen, drafted, verified, evaluated, clean, emitted = unread.pop(0)
             times = dict(zip(PHASES, timer.durations(marks)))
-            costs.observe_round(chosen, drafted, verified, times, evaluated, clean)
+            costs.observe_round(chosen, drafted, verified, times, evaluated, clean, emitted)
 
     def _block_reward(self, verified, stats) -> float:
         """MetaSD's block divergence: mean γ of the chosen draft over every drafted position (same draft prefix)."""

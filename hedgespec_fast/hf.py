@@ -81,7 +81,8 @@ def speculative_decode(model, input_ids, logits_processor, stopping_criteria, ge
                   stopping=extra_stops, nvtx=nvtx)
     if isinstance(policy, Oracle):
         return _oracle(model, input_ids, pool, config, streamer, common)
-    decoder = SpeculativeDecoder(model, pool, policy, config, streamer=streamer, **common)
+    decoder = SpeculativeDecoder(model, pool, policy, config, streamer=streamer,
+                                 policy_outlives_call=not isinstance(config.policy, str), **common)
     sequences, stats = decoder.run(input_ids)
     return SpeculativeOutput(sequences, stats)
 

@@ -111,6 +111,11 @@ class DrafterPool:
         """Committed tokens drafter ``index`` has not processed yet (0 for drafters that keep no such backlog)."""
         return int(getattr(self.drafters[index], "lag", 0))
 
+    @property
+    def sleepers(self) -> tuple[int, ...]:
+        """Drafters that can have no proposal for the next position (n-gram lookup); see :meth:`awake`."""
+        return tuple(i for i, d in enumerate(self.drafters) if getattr(d, "has_proposal", None) is not None)
+
     def awake(self) -> list[bool] | None:
         """Which drafters have a proposal for the next position (None: all of them, as model drafters always do)."""
         states = [getattr(d, "has_proposal", None) for d in self.drafters]

@@ -14,7 +14,7 @@ import torch
 
 from .cache import gather, mask_width, pad_mask, truncate
 from .kernels.reference import MAX_TOP_L  # the acceptance kernels' largest L
-from .drafters.base import Beliefs, DraftContext
+from .drafters.base import Beliefs, DraftContext, Proposal
 from .modeling import forward_logits
 from .tree_verify import verify_tree
 from .trees import (DynamicTree, MultiDraft, SampledChains, StaticTree, TokenTree, TreeSource, chain_tree,
@@ -72,7 +72,10 @@ class ChainSpeculation:
         """Draft at most ``budget`` tokens; returns how many. ``weights()`` gives the policy's distribution over
         drafters (or None), read only by strategies that share a round among drafters."""
         self.chosen, self.ctx = chosen, ctx
-        self.proposal = self.pool.propose(chosen, budget, ctx)
+        if budget <= 0:  # a plain step: no drafter is asked (a lagging one would catch up for nothing)
+            self.proposal = Proposal(tokens=ctx.ids[0, ctx.length : ctx.length].clone())
+        else:
+            self.proposal = self.pool.propose(chosen, budget, ctx)
         return len(self.proposal)
 
     def verify(self, cache, generator) -> Verified:

@@ -159,19 +159,23 @@ def expected_length_losses(gamma: torch.Tensor, draft_len: int) -> torch.Tensor:
     return (1.0 - expected / (draft_len + 1)).t().contiguous()
 
 
-def throughput_losses(gamma: torch.Tensor, draft_lens: Sequence[int], arm_seconds: torch.Tensor) -> torch.Tensor:
+def throughput_losses(gamma: torch.Tensor, draft_lens: Sequence[int], arm_seconds: torch.Tensor,
+                      position_seconds: float = 0.0) -> torch.Tensor:
     """Loss of the expected tokens per second of every (drafter, K) arm, for every complete window.
 
     Arms are laid out as ``[no draft] + [(i, K) for i in drafters for K in draft_lens]``. For a round started at
     position s, arm (i, K) emits ÂL_s[i; K] = 1 + Σ_{k=1..K} Π_{j<k} γ_{s+j}[i] tokens in expectation (HedgeSpec
-    Thm 3's one-step counterfactual, exact under greedy; the no-draft arm emits 1) and costs C(i, K) seconds (the cost
-    model), so its rate is r = ÂL / C. The loss is the bounded, decreasing affine transform
+    Thm 3's one-step counterfactual, exact under greedy; the no-draft arm emits 1) and costs C(i, K) seconds a round
+    plus e seconds per emitted position (the cost model: selection's own cost, evaluating and scoring every emitted
+    position, grows with the positions, not the rounds), so its rate is r = ÂL / (C + e·ÂL). The loss is the
+    bounded, decreasing affine transform
 
-        ℓ_s(i, K) = 1 − r_s(i, K) · C_min / (K_max + 1)  ∈ [0, 1],
+        ℓ_s(i, K) = 1 − r_s(i, K) · (C_min / (K_max + 1) + e)  ∈ [0, 1],
 
-    with C_min the cheapest arm's cost: r ≤ (K_max + 1) / C_min because ÂL ≤ K + 1 and C ≥ C_min. Minimising these
-    losses maximises Σ_s r_s, so a no-regret learner over them has regret O(sqrt(T ln E)) · (K_max + 1) / C_min in
-    tokens per second against the best fixed arm, as long as the costs it was given are the arms' true costs.
+    with C_min the cheapest arm's round cost: r = 1 / (C / ÂL + e) ≤ (K_max + 1) / (C_min + (K_max + 1) e) because
+    ÂL ≤ K + 1 and C ≥ C_min. Minimising these losses maximises Σ_s r_s, so a no-regret learner over them has regret
+    O(sqrt(T ln E)) · (K_max + 1) / (C_min + (K_max + 1) e) in tokens per second against the best fixed arm, as long
+    as the costs it was given are the arms' true costs.
 
     Parameters
     ----------
@@ -179,6 +183,7 @@ def throughput_losses(gamma: torch.Tensor, draft_lens: Sequence[int], arm_second
         windows that need it come out NaN, to be treated as asleep).
     draft_lens : the K of the arms (each in 1..K_max; K_max = max).
     arm_seconds : Tensor ``[1 + N·L]`` fp32 > 0, each arm's expected round seconds, in arm order.
+    position_seconds : e ≥ 0, seconds per emitted position on top of the round (the evaluation tax).
 
     Returns
     -------
@@ -199,8 +204,9 @@ def throughput_losses(gamma: torch.Tensor, draft_lens: Sequence[int], arm_second
     steps = chosen.shape[1]
     tokens = torch.cat([chosen.new_ones((steps, 1)), chosen.permute(1, 0, 2).reshape(steps, -1)], dim=1)
     seconds = arm_seconds.to(device=gamma.device, dtype=torch.float32)
-    scale = seconds.min() / (k_max + 1)
-    return (1.0 - tokens / seconds * scale).clamp(0.0, 1.0)  # NaN stays NaN: a window with an unknown γ
+    scale = seconds.min() / (k_max + 1) + position_seconds
+    rate = tokens / (seconds + tokens * position_seconds)
+    return (1.0 - rate * scale).clamp(0.0, 1.0)  # NaN stays NaN: a window with an unknown γ
 
 
 def throughput_awake(awake: torch.Tensor, draft_lens: Sequence[int]) -> torch.Tensor:
@@ -212,6 +218,23 @@ def throughput_awake(awake: torch.Tensor, draft_lens: Sequence[int]) -> torch.Te
     steps = max(s - max(lens) + 1, 0)
     first = awake[:, :steps].t()  # [T, N]
     return torch.cat([first.new_ones((steps, 1)), first.repeat_interleave(len(lens), dim=1)], dim=1)
+
+
+def contextual_arms(losses: torch.Tensor, arm_awake: torch.Tensor, awake: torch.Tensor, arm_index: Sequence[int],
+                    arm_context: Sequence[int], sleepers: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Map losses and awake masks ``[T, 1 + N·L]`` of the base arm layout onto specialist arms ``[T, E]``.
+
+    A specialist e is base arm ``arm_index[e]`` restricted to a context: ``arm_context[e]`` = 1 where some drafter in
+    ``sleepers`` (drafters that can have no proposal, such as n-gram lookup) has one at the window's first position,
+    0 where none has, −1 = every position. Outside its context a specialist is asleep, so the learner competes with
+    the best arm *per context* (Freund et al.'s specialists), e.g. "n-gram lookup where it matches, else drafter j".
+    """
+    index = torch.as_tensor(list(arm_index), dtype=torch.long, device=losses.device)
+    context = torch.as_tensor(list(arm_context), dtype=torch.long, device=losses.device)
+    steps = losses.shape[0]
+    some = awake[list(sleepers), :steps].any(dim=0) if len(sleepers) else awake.new_ones(steps)
+    in_context = (context[None, :] < 0) | (context[None, :] == some.long()[:, None])
+    return losses.index_select(1, index), arm_awake.index_select(1, index) & in_context
 
 
 def _normalhedge_scale(regret: torch.Tensor) -> torch.Tensor:

@@ -85,3 +85,27 @@ def test_bench_pool_size_sweep(tmp_path):
     assert len(sweep["9"]["hedgespec"]["drafter_counts"]) == 9  # 6 zoo drafters, 2 noisy copies, n-gram
     assert (tmp_path / "pool_sizes.png").stat().st_size > 0
     assert "pool-size sweep" in (tmp_path / "results.md").read_text()
+
+
+def test_bench_reads_the_oracle_off_the_fixed_runs():
+    """With every fixed drafter in the run the oracle is not rerun: its rows are the fixed rows the rule of
+    ``policy="oracle"`` picks (best MAT, then fewer rounds, then lower index), identical to running it; the
+    fastest fixed drafter per prompt comes beside it."""
+    _zoo_or_skip()
+    from hedgespec_fast import benchmark, zoo
+
+    tokenizer, target, drafters = zoo.load()
+    drafters = dict(list(drafters.items())[:2])
+    prompts = {d: zoo.heldout_prompts(d, n=1, prompt_tokens=16, seed=0) for d in ("python", "sql")}
+    workloads = {"mixed": benchmark.workload("mixed", prompts, seed=0)}
+    fixed = [f"fixed:{i}" for i in range(3)]
+    kw = dict(max_new_tokens=12, draft_len=4, show_progress=False)
+    derived = benchmark.run(target, drafters, tokenizer, workloads, fixed + ["oracle"], **kw)["mixed"]
+    ran = benchmark.run(target, drafters, tokenizer, workloads, ["oracle"], **kw)["mixed"]
+    assert [r["oracle_choice"] for r in derived["oracle"]] == [r["oracle_choice"] for r in ran["oracle"]]
+    assert [r["tokens"] for r in derived["oracle"]] == [r["tokens"] for r in ran["oracle"]]
+    assert [r["rounds"] for r in derived["oracle"]] == [r["rounds"] for r in ran["oracle"]]
+    fastest = derived[benchmark.FASTEST]
+    for j, row in enumerate(fastest):
+        per_token = [derived[f][j]["wall_s"] / derived[f][j]["new_tokens"] for f in fixed]
+        assert row["oracle_choice"] == min(range(3), key=per_token.__getitem__)

@@ -105,7 +105,7 @@ def test_recorded_gamma_equals_recomputation(do_sample, eval_every):
     prompt = torch.tensor([[11, 12, 13, 11, 12]])
     kw = dict(do_sample=True, temperature=temperature, seed=1) if do_sample else {}
     out = hs.generate(target, prompt, drafters=models + [NGramDrafter()], max_new_tokens=30, draft_len=3,
-                      policy=f"hedgespec@eval_every={eval_every}", eos_token_id=None, **kw)
+                      policy=f"hedgespec@eval_every={eval_every},record_gamma=true", eos_token_id=None, **kw)
     seq = out.sequences[0]
     target_logits = full_logits(target, seq)
     drafter_logits = [full_logits(m, seq) for m in models]

@@ -88,3 +88,28 @@ def test_generate_samples_the_target_distribution(tiny_vocab_setup, monkeypatch)
     monkeypatch.setattr(speculation_module, "verify_sampling", _broken_residual)  # the chain strategy's rule
     broken = sample_first_two(target, drafters, 800, policy="random")
     assert chi2_pvalue(broken, exact) < P_REJECT, "a broken rule went unnoticed end to end"
+
+
+def test_the_policy_draws_from_its_own_stream(tiny_vocab_setup, monkeypatch):
+    """The policy's generator must not replay the sampling generator's numbers: seeded alike, the uniform that picks
+    this round's drafter would be the one that drafts or accepts its tokens, and the output would follow the choice
+    rule instead of the target (it did: χ² p ≈ 1e-34 in test_warm_start's throughput case before the seeds were
+    split)."""
+    import hedgespec_fast as hs
+    from hedgespec_fast.learners.base import Policy
+
+    target, drafters = tiny_vocab_setup
+    seen = []
+    begin = Policy.begin
+
+    def spy(self, n_drafters, draft_len, seed=None, costs=None, sleepers=()):
+        seen.append(seed)
+        return begin(self, n_drafters, draft_len, seed, costs, sleepers)
+
+    monkeypatch.setattr(Policy, "begin", spy)
+    for seed in (0, 5):
+        hs.generate(target, torch.tensor([[1, 2, 3]]), drafters=drafters, max_new_tokens=4, do_sample=True,
+                    seed=seed, eos_token_id=None)
+        policy_draw = torch.rand(4, generator=torch.Generator().manual_seed(seen[-1]))
+        sampling_draw = torch.rand(4, generator=torch.Generator().manual_seed(seed))
+        assert seen[-1] != seed and not torch.equal(policy_draw, sampling_draw)

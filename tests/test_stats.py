@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -22,7 +23,7 @@ def test_stats_add_up(setup):
     target, drafters = setup
     prompt = torch.tensor([[5, 6, 7, 8, 9]])
     out = hs.generate(target, prompt, drafters=drafters, max_new_tokens=40, draft_len=4, eos_token_id=None,
-                      objective="mat")  # evaluated every round: every record holds γ
+                      objective="mat")  # evaluated every round but the last (nobody would learn from it)
     s = out.stats
     assert s.rounds == len(s.records) == sum(s.drafter_counts) + s.no_draft_rounds
     assert s.new_tokens == out.sequences.shape[1] - prompt.shape[1] == sum(r.emitted for r in s.records)
@@ -30,7 +31,8 @@ def test_stats_add_up(setup):
     assert all(r.emitted == r.accepted + 1 for r in s.records)  # no EOS here: every round ends with a target token
     assert all(r.drafted <= 4 and 0 <= r.accepted <= r.drafted for r in s.records)
     assert all(set(r.times) == set(PHASES) and all(t >= 0 for t in r.times.values()) for r in s.records)
-    assert all(len(r.gamma) == len(drafters) and len(r.gamma[0]) == r.emitted for r in s.records)
+    assert all(len(r.gamma) == len(drafters) and len(r.gamma[0]) == r.emitted for r in s.records[:-1])
+    assert s.records[-1].gamma is None
     assert s.host_syncs == s.rounds  # one packed read per round on a CPU learner
     assert s.tokens_per_s > 0 and s.wall_s > 0
     assert abs(sum(s.final_weights) - 1) < 1e-5
@@ -46,15 +48,23 @@ def test_bandits_record_no_gamma_and_skip_evaluation(setup):
 
 def test_eval_every_defers_evaluation_without_losing_positions(setup):
     """Every third round evaluates every position since the last evaluation (one drafter forward for three rounds);
-    the last round flushes the rest, so the learner still sees every position."""
+    for a selector that learns on after the call the last round flushes the rest, so it sees every position; a
+    learner made for this call only skips that last evaluation (nobody would learn from it)."""
     target, drafters = setup
     spec = hs.SpecConfig(eval_every=3)
-    out = hs.generate(target, torch.tensor([[5, 6, 7]]), drafters=drafters, max_new_tokens=30, spec_config=spec,
-                      eos_token_id=None)
-    records = out.stats.records
-    evaluated = [i for i, r in enumerate(records) if r.gamma is not None]
-    assert evaluated[:2] == [2, 5] and evaluated[-1] == len(records) - 1
-    assert sum(len(r.gamma[0]) for r in records if r.gamma is not None) == out.stats.new_tokens
+    kept = hs.HedgeSpecSelector(len(drafters))
+    for policy in (kept, "hedgespec"):
+        out = hs.generate(target, torch.tensor([[5, 6, 7]]), drafters=drafters, max_new_tokens=30, spec_config=spec,
+                          eos_token_id=None, policy=policy)
+        records = out.stats.records
+        evaluated = [i for i, r in enumerate(records) if r.gamma is not None and not all(
+            math.isnan(g) for g in r.gamma[0])]  # rows of model drafters: NaN where not evaluated
+        covered = sum(len(records[i].gamma[0]) for i in evaluated)
+        assert evaluated[:2] == [2, 5]
+        if policy is kept:
+            assert evaluated[-1] == len(records) - 1 and covered == out.stats.new_tokens
+        else:
+            assert evaluated[-1] < len(records) - 1 and covered < out.stats.new_tokens
     every_round = hs.generate(target, torch.tensor([[5, 6, 7]]), drafters=drafters, max_new_tokens=30,
                               policy="fixed:0", eos_token_id=None, spec_config=hs.SpecConfig(record_gamma=True))
     deferred = hs.generate(target, torch.tensor([[5, 6, 7]]), drafters=drafters, max_new_tokens=30, policy="fixed:0",

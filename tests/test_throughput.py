@@ -16,6 +16,7 @@ from tiny import drafter_zoo, tiny_model
 import hedgespec_fast as hs
 from hedgespec_fast.cost import CostModel
 from hedgespec_fast.kernels import throughput_awake, throughput_losses
+from hedgespec_fast.kernels.reference import contextual_arms
 from hedgespec_fast.learners import RoundOutcome
 from hedgespec_fast.learners.full import draft_lengths
 
@@ -147,6 +148,16 @@ def test_throughput_losses_and_awake_masks_by_hand():
     awake = torch.tensor([[True, False, True, True], [True, True, True, True]])
     mask = throughput_awake(awake, lens)
     assert mask.tolist()[1] == [True, False, False, True, True]  # drafter 0 had no proposal at position 1
+    # a per-position charge e: rate ÂL / (C + e·ÂL), scale C_min / (K_max + 1) + e
+    e = 0.25
+    taxed = throughput_losses(gamma, lens, seconds, position_seconds=e)
+    tokens = torch.tensor([1.0, 2.0, 3.0, 1.0, 1.0])
+    torch.testing.assert_close(taxed[0], 1 - tokens / (seconds + e * tokens) * (1.0 / 3 + e))
+    assert bool(((taxed >= 0) & (taxed <= 1)).all())
+    # specialists of drafter 1's arms by whether drafter 0 (the sleeper) has a proposal: awake only in their context
+    losses, arm_awake = contextual_arms(losses, mask, awake, [0, 3, 0, 3], [1, 1, 0, 0], [0])
+    assert arm_awake.tolist() == [[True, True, False, False], [False, False, True, True], [True, True, False, False]]
+    torch.testing.assert_close(losses, throughput_losses(gamma, lens, seconds)[:, [0, 3, 0, 3]])
 
 
 def test_draft_length_grid():
@@ -183,8 +194,11 @@ def test_cost_model_recovers_the_costs_it_is_fed():
     for i in (0, 1):
         assert abs(costs.draft_seconds(i) - true_draft[i]) / true_draft[i] < 0.15
     assert abs(costs.evaluate - 0.1008) / 0.1008 < 0.3  # a burst of 0.5 s every 5 rounds: 0.1 s a round
+    # evaluation and update are charged per emitted position: (0.1008 + 0.003) s a round over 7.75 positions a round
+    per_position = (0.1008 + 0.003) / 7.75
+    assert abs(costs.position_seconds() - per_position) / per_position < 0.3
     for drafter, k in ((0, 8), (1, 16), (1, 3)):
-        truth = true_verify[k + 1] + k * true_draft[drafter] + 0.1008 + 0.005
+        truth = true_verify[k + 1] + k * true_draft[drafter] + 0.002 + (k + 1) * per_position
         assert abs(costs.round_seconds(drafter, k) - truth) / truth < 0.15
     assert costs.verify_seconds(12) > costs.verify_seconds(1) * 3  # an unseen size interpolates between seen ones
 
@@ -216,7 +230,7 @@ def test_deferred_choice_rides_in_the_packed_read(tiny_pool, objective):
     a round costs one host sync. Forced here on CPU: every round after the first plays exactly the arm it received,
     and the output is unchanged."""
     target, drafters = tiny_pool
-    prompt = torch.tensor([[5, 6, 7, 8, 5, 6]])
+    prompt = torch.tensor([[5, 6, 7, 8, 5, 6, 9, 10, 11, 5, 6, 7]])
     ref = target.generate(prompt, do_sample=False, max_new_tokens=40, eos_token_id=None)
     selector = hs.HedgeSpecSelector(len(drafters), objective=objective)
     selector.defer_choice = True
@@ -233,11 +247,12 @@ def test_deferred_choice_rides_in_the_packed_read(tiny_pool, objective):
         return out
 
     selector.receive_choice, selector.choose = spy_receive, spy_choose
-    # with the prompt warm start the learner has updated before round one, so every round reads back an arm
+    # with the prompt warm start the learner has updated before round one (10 positions: complete windows of
+    # K_max = 8), so no round falls to the cold-start rule and every round reads back an arm
     out = hs.generate(target, prompt, drafters=drafters, max_new_tokens=40, eos_token_id=None, policy=selector,
-                      spec_config=hs.SpecConfig(prompt_warmup=5))
+                      spec_config=hs.SpecConfig(prompt_warmup=10))
     assert torch.equal(out.sequences, ref)
-    assert out.stats.prompt_positions == 5
+    assert out.stats.prompt_positions == 10 and selector.informed
     assert len(received) == out.stats.rounds  # one arm read back per round, in the packed read
     for arm, (drafter, length) in zip(received, played[1:]):
         want = selector.arms[arm]
@@ -257,12 +272,89 @@ def test_host_throughput_update_equals_the_torch_path(level):
     awake = torch.rand(3, 11, generator=gen) > 0.2
     lens = (1, 2, 4)
     seconds = torch.rand(1 + 3 * len(lens), generator=gen) + 0.5
-    states = {}
-    for backend in ("host", "torch"):
-        state = [torch.zeros(10), torch.zeros(10), torch.zeros(10), torch.full((10,), 0.1),
-                 torch.zeros(1, dtype=torch.long)]
-        for _ in range(3):
-            hs.kernels.throughput_update(gamma, awake, lens, seconds, *state, level=level, backend=backend)
-        states[backend] = state
-    for a, b in zip(states["host"], states["torch"]):
-        torch.testing.assert_close(a.double(), b.double(), atol=1e-5, rtol=1e-4)
+    # specialists: drafter 2 sleeps; every base arm in context 1, the others' arms again in context 0
+    base = [(0, 0)] + [(i, k) for i in range(3) for k in lens]
+    keys = [(b, c) for c in (1, 0) for b, (i, k) in enumerate(base) if not (c == 0 and k > 0 and i == 2)]
+    specialists = ([b for b, _ in keys], [c for _, c in keys], (2,))
+    for extra in (dict(), dict(position_seconds=0.05), dict(position_seconds=0.05, specialists=specialists)):
+        experts = len(keys) if "specialists" in extra else len(base)
+        states = {}
+        for backend in ("host", "torch"):
+            state = [torch.zeros(experts), torch.zeros(experts), torch.zeros(experts),
+                     torch.full((experts,), 1.0 / experts), torch.zeros(1, dtype=torch.long)]
+            for _ in range(3):
+                hs.kernels.throughput_update(gamma, awake, lens, seconds, *state, level=level, backend=backend,
+                                             **extra)
+            states[backend] = state
+        for a, b in zip(states["host"], states["torch"]):
+            torch.testing.assert_close(a.double(), b.double(), atol=1e-5, rtol=1e-4)
+
+
+def test_cold_start_plays_the_cheap_arms_before_any_loss():
+    """Before the first loss the throughput learner plays the best arm under a prior that is the same for every
+    drafter (γ uniform: E[ÂL(K)] = H_{K+1}) at the measured costs: a free drafter at K_max where it has a proposal,
+    a plain step where only an expensive drafter does; once a loss arrives NormalHedge chooses."""
+    costs = fixed_costs(2, [0.8, 0.0], verify=(1.0, 0.02))
+    policy = hs.HedgeSpecSelector(2, objective="throughput")
+    policy.begin(2, 6, seed=0, costs=costs, sleepers=(1,))
+    assert not policy.informed
+    policy.choose([True, True])
+    assert (policy._drafter, policy.draft_length()) == (1, 6)
+    policy.choose([True, False])
+    assert policy.draft_length() == 0
+    gamma = torch.tensor([[0.9] * 8, [0.9] * 8])
+    policy.update(RoundOutcome(1, 6, 6, 8, 6, gamma, awake=torch.ones(2, 8, dtype=torch.bool)))
+    assert policy.informed
+
+
+def play_with_sleeper(policy, gamma, awake, costs, k_max, chunk=4):
+    """:func:`play` with a drafter that sleeps: the round's awake list is the sleeper's state at its first position."""
+    n = gamma.shape[0]
+    policy.begin(n, k_max, seed=0, costs=costs, sleepers=(n - 1,))
+    chosen = []
+    for start in range(0, gamma.shape[1], chunk):
+        policy.choose([True] * (n - 1) + [bool(awake[start])])
+        chosen.append(policy.arms.index((policy._drafter, policy.draft_length())) if policy.draft_length() else 0)
+        block = torch.tensor(gamma[:, start : start + chunk], dtype=torch.float32)
+        mask = torch.ones(block.shape, dtype=torch.bool)
+        mask[-1] = torch.tensor(awake[start : start + chunk])
+        policy.update(RoundOutcome(policy._drafter, 0, 0, block.shape[1], k_max, block, awake=mask))
+    return chosen
+
+
+def test_specialists_learn_the_best_arm_where_the_lookup_sleeps():
+    """Text that repeats is easy for every drafter: drafter 0 accepts 0.95 where the lookup (drafter 2, free) has a
+    proposal and 0.05 where it has none; drafter 1 accepts 0.5 everywhere. Where the lookup sleeps the best arm is
+    drafter 1's, but drafter 0's average over all positions is higher, so one estimate per arm plays drafter 0
+    there (the negative control, ``contexts=False``); the context specialists play drafter 1."""
+    steps, k_max = 2400, 6
+    awake = ((np.arange(steps) // 24) % 2 == 0)
+    gamma = np.stack([np.where(awake, 0.95, 0.05), np.full(steps, 0.5), np.where(awake, 0.95, 0.0)])
+    costs = fixed_costs(3, [0.02, 0.02, 0.0], verify=(1.0, 0.02))
+    rates = {}
+    for contexts in (True, False):
+        policy = hs.HedgeSpecSelector(3, objective="throughput", contexts=contexts)
+        chosen = play_with_sleeper(policy, gamma, awake, costs, k_max)
+        arm_rate = arm_rates(gamma, policy.arms, costs, k_max)
+        asleep_rounds = [r for r in range(len(chosen)) if not awake[4 * r] and 4 * r < len(arm_rate)]
+        rates[contexts] = np.mean([arm_rate[4 * r, chosen[r]] for r in asleep_rounds])
+        best = max(arm_rate[[4 * r for r in asleep_rounds], e].mean() for e in range(len(policy.arms))
+                   if policy.arms[e][0] != 2 or policy.arms[e][1] == 0)
+    assert rates[True] >= 0.9 * best, f"specialists reach {rates[True] / best:.2f} of the best arm where it sleeps"
+    assert rates[False] <= 0.8 * best, "one estimate per arm did as well: the check cannot tell them apart"
+
+
+def test_a_plain_step_asks_no_drafter(tiny_pool):
+    """A round that drafts nothing (the no-draft arm, or K = 0) runs the target alone: a lagging drafter is not made
+    to catch up for nothing (its prefill is all it runs)."""
+    target, drafters = tiny_pool
+    calls = []
+    hook = drafters[0].register_forward_hook(lambda *args: calls.append(1))
+    try:
+        prompt = torch.tensor([[5, 6, 7, 8]])
+        out = hs.generate(target, prompt, drafters=drafters, max_new_tokens=12, policy="fixed:0", draft_len=0,
+                          eos_token_id=None)
+    finally:
+        hook.remove()
+    assert torch.equal(out.sequences, target.generate(prompt, do_sample=False, max_new_tokens=12, eos_token_id=None))
+    assert out.stats.rounds == 12 and len(calls) <= 2  # the prompt (and its calibrated last token)

@@ -157,10 +157,10 @@ class TapOut(Policy):
     def needs_block_reward(self):
         return bool(self.drafter_policy is not None and self.drafter_policy.needs_block_reward)
 
-    def begin(self, n_drafters: int, draft_len: int, seed: int | None = None, costs=None) -> None:
+    def begin(self, n_drafters: int, draft_len: int, seed: int | None = None, costs=None, sleepers=()) -> None:
         super().begin(n_drafters, draft_len, seed)
         if self.drafter_policy is not None:
-            self.drafter_policy.begin(n_drafters, draft_len, None if seed is None else seed + 1, costs)
+            self.drafter_policy.begin(n_drafters, draft_len, None if seed is None else seed + 1, costs, sleepers)
 
     def choose(self, awake=None) -> int:
         counts, sums = self.counts.tolist(), self.sums.tolist()

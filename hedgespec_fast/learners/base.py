@@ -58,11 +58,12 @@ class Policy(nn.Module):
         self.generator = torch.Generator()
         self.generator.manual_seed(0)
 
-    def begin(self, n_drafters: int, draft_len: int, seed: int | None = None, costs=None) -> None:
+    def begin(self, n_drafters: int, draft_len: int, seed: int | None = None, costs=None, sleepers=()) -> None:
         """Start a new prompt. Learned state is kept (warm start); per-prompt state is reset.
 
         ``draft_len`` is K (the upper bound K_max for policies that choose the length); ``costs`` is the generation's
-        :class:`~hedgespec_fast.cost.CostModel`, for policies that weigh arms by their measured cost.
+        :class:`~hedgespec_fast.cost.CostModel`, for policies that weigh arms by their measured cost; ``sleepers``
+        the drafters that can have no proposal (n-gram lookup), for policies that treat them as sleeping experts.
         """
         if n_drafters != self.n_drafters:
             raise ValueError(f"this policy was built for {self.n_drafters} drafters but the pool has {n_drafters}")

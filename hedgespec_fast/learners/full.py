@@ -30,10 +30,17 @@ class ExpertPolicy(Policy):
 
     ``"throughput"``: one expert per arm — ``no draft`` (a plain target step) and every (drafter i, K) with K in
     :func:`draft_lengths`\\ (K_max) — and the loss of each arm is a bounded transform of its expected tokens per
-    second, ÂL_s[i; K] / C(i, K), with C from the measured costs (:class:`~hedgespec_fast.cost.CostModel`; see
-    ``kernels.throughput_losses`` for the transform and the bound). The learner and QPM-D are unchanged, so its
-    regret against the best fixed (drafter, K) in throughput is NormalHedge's, scaled by (K_max + 1) / C_min.
-    Feedback is delayed by K_max positions (the longest window).
+    second, ÂL_s[i; K] / (C(i, K) + e·ÂL_s), with C and e from the measured costs
+    (:class:`~hedgespec_fast.cost.CostModel`; see ``kernels.throughput_losses`` for the transform and the bound).
+    The learner and QPM-D are unchanged, so its regret against the best fixed (drafter, K) in throughput is
+    NormalHedge's, scaled by (K_max + 1) / C_min. Feedback is delayed by K_max positions (the longest window).
+
+    With drafters that can have no proposal (``sleepers``: n-gram lookup without a match), each arm is split into
+    two specialists (``contexts``, default on): one awake where some sleeper has a proposal, one where none has
+    (``kernels.contextual_arms``). A model drafter's acceptance differs between the two (text that repeats is easy
+    for every drafter), and it is chosen precisely where the lookup is asleep, so one estimate for both contexts
+    overrates it there. The specialists make the comparator the best arm *per context* ("lookup where it matches,
+    else drafter j at K, or a plain step"), which includes every fixed arm; the bound grows by ln 2 in ln E.
 
     State (buffers): ``regret`` R, ``abs_regret`` C, ``cum_loss`` L, ``weights_`` w (over experts) and ``step`` t;
     the update runs in ``hedgespec_fast.kernels`` (Triton on CUDA, torch otherwise), so moving the module with
@@ -62,16 +69,21 @@ class ExpertPolicy(Policy):
 
     def __init__(self, n_drafters: int, algo: str = "normalhedge", loss: str = "expected_length",
                  level: str = "token", choice: str = "sample", eta: float | None = None, backend: str = "auto",
-                 objective: str = DEFAULT_OBJECTIVE):
+                 objective: str = DEFAULT_OBJECTIVE, contexts: bool = True):
         super().__init__(n_drafters)
         if algo not in kernels.ALGOS:
             raise ValueError(f"unknown learner {algo!r}; expected one of {kernels.ALGOS}")
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}; expected one of {OBJECTIVES}")
         self.algo, self.loss, self.level, self.choice, self.eta, self.backend = algo, loss, level, choice, eta, backend
-        self.objective = objective
+        self.objective, self.contexts = objective, contexts
         self.draft_lens: tuple[int, ...] = ()
         self.arms: list[tuple[int, int]] = [(i, -1) for i in range(n_drafters)]  # (drafter, K); K = -1: the config's
+        self.base_arms: list[tuple[int, int]] = []  # the throughput layout: no draft, then (i, K) for i, for K
+        self.arm_index: list[int] = []  # each arm's base arm, and its context (−1 any, 1 some sleeper awake, 0 none)
+        self.arm_context: list[int] = []
+        self.sleepers: tuple[int, ...] = ()
+        self._layout = None
         self._reset_state(n_drafters)
         self.stream = LossStream(loss, level, 1)
         self.cost_model = None
@@ -82,6 +94,7 @@ class ExpertPolicy(Policy):
         self._read_weights = True
 
     def _reset_state(self, experts: int) -> None:
+        self._informed = False  # no loss seen yet: the throughput learner's cold-start rule chooses (see choose)
         for name in ("regret", "abs_regret", "cum_loss"):
             self.register_buffer(name, torch.zeros(experts, device=self._device()))
         self.register_buffer("weights_", torch.full((experts,), 1.0 / experts, device=self._device()))
@@ -91,13 +104,19 @@ class ExpertPolicy(Policy):
         buf = getattr(self, "weights_", None)
         return buf.device if isinstance(buf, torch.Tensor) else None
 
-    def begin(self, n_drafters: int, draft_len: int, seed: int | None = None, costs=None) -> None:
+    def begin(self, n_drafters: int, draft_len: int, seed: int | None = None, costs=None, sleepers=()) -> None:
         super().begin(n_drafters, draft_len, seed)
         if self.objective == "throughput":
             lens = draft_lengths(draft_len)
-            if lens != self.draft_lens:  # a new K_max: a new set of arms, learned from scratch
-                self.draft_lens = lens
-                self.arms = [(0, 0)] + [(i, k) for i in range(n_drafters) for k in lens]
+            sleepers = tuple(sleepers) if self.contexts else ()
+            if (lens, sleepers) != self._layout:  # a new K_max or pool: a new set of arms, learned from scratch
+                self._layout, self.draft_lens, self.sleepers = (lens, sleepers), lens, sleepers
+                self.base_arms = [(0, 0)] + [(i, k) for i in range(n_drafters) for k in lens]
+                # a sleeper's own arms exist only where some sleeper is awake
+                keys = [(b, c) for c in ((1, 0) if sleepers else (-1,)) for b, (i, k) in enumerate(self.base_arms)
+                        if not (c == 0 and k > 0 and i in sleepers)]
+                self.arm_index, self.arm_context = [b for b, _ in keys], [c for _, c in keys]
+                self.arms = [self.base_arms[b] for b in self.arm_index]
                 self._reset_state(len(self.arms))
             if costs is None:
                 raise ValueError("the throughput objective needs the round's cost model (costs=)")
@@ -140,15 +159,23 @@ class ExpertPolicy(Policy):
 
     def choose(self, awake=None) -> int:
         self._read_weights = not (self.deferring and self._received is not None)
-        if not self._read_weights:  # the sleeping-expert mask is not applied here
+        cold = self._cold_start_arm(awake) if self.objective == "throughput" and not self.informed else None
+        if cold is not None:
+            arm, self._received, self._read_weights = cold, None, False
+        elif not self._read_weights:  # the sleeping-expert mask is not applied here
             arm, self._received = self._received, None
         else:
             weights = self.weights_
-            if self.objective == "throughput" and awake is not None and not all(awake):
+            mask = self._awake_arms(awake) if self.objective == "throughput" else None
+            if mask is not None:
                 # sleeping experts: a drafter without a proposal now (n-gram lookup without a match) is not played
-                mask = torch.tensor([True] + [awake[i] for i, _ in self.arms[1:]], device=weights.device)
-                weights = weights * mask
-            arm = int(kernels.choose(weights, self._u()).item())
+                weights = weights * mask.to(weights.device)
+            prior = None
+            if mask is not None and not bool(weights.sum() > 0):
+                # no awake arm has positive regret (NormalHedge's weights say nothing here, e.g. a context whose
+                # drafters were barely evaluated): the prior's choice, as before the first loss
+                prior = self._cold_start_arm(awake)
+            arm = int(kernels.choose(weights, self._u()).item()) if prior is None else prior
         drafter, length = self.arms[arm]
         if length == 0:  # no draft: keep the last drafter's label, it drafts nothing
             drafter = self._drafter
@@ -157,6 +184,42 @@ class ExpertPolicy(Policy):
 
     def draft_length(self) -> int:
         return self.draft_len if self._length is None else self._length
+
+    @property
+    def informed(self) -> bool:
+        """Whether the learner has seen a loss (on a CPU state also after ``load_state_dict``)."""
+        return self._informed or (self.step.device.type == "cpu" and int(self.step) > 0)
+
+    def _awake_arms(self, awake) -> torch.Tensor | None:
+        """``[E]`` bool: the arms that can be played now (their drafter has a proposal, their context holds), or None
+        when all can. One mask per awake pattern, built once (a round only looks it up)."""
+        key = None if awake is None else tuple(awake)
+        cache = self.__dict__.setdefault("_mask_cache", {})
+        if key not in cache or cache[key][0] is not self.arms:
+            some = True if awake is None or not self.sleepers else any(awake[i] for i in self.sleepers)
+            mask = None
+            if not ((awake is None or all(awake)) and all(c < 0 or c == some for c in self.arm_context)):
+                mask = torch.tensor([(k == 0 or awake is None or awake[i]) and (c < 0 or c == some)
+                                     for (i, k), c in zip(self.arms, self.arm_context)])
+            cache[key] = (self.arms, mask)
+        return cache[key][1]
+
+    def _cold_start_arm(self, awake) -> int | None:
+        """The arm to play before any loss has arrived: the best expected rate under a prior that is the same for
+        every drafter, its acceptance γ uniform on [0, 1] (so E[ÂL(K)] = Σ_{k ≤ K} E[γ^k] = H_{K+1}, the harmonic
+        number), from the measured costs — cheap arms first (a free drafter at K_max, or a plain step), instead of a
+        uniform draw over arms that is mostly expensive model drafts. A constant number of rounds (until the first
+        evaluated window), so the regret bound is unchanged. None while no cost has been measured."""
+        seconds = self.cost_model.arm_seconds(self.arms) if self.cost_model is not None else None
+        if seconds is None:
+            return None
+        harmonic = {k: sum(1.0 / j for j in range(1, k + 2)) for k in {0, *self.draft_lens}}
+        prior = torch.tensor([harmonic[k] for _, k in self.arms], dtype=torch.float32)
+        rate = prior / (seconds + prior * self.cost_model.position_seconds())
+        mask = self._awake_arms(awake)
+        if mask is not None:
+            rate = rate.masked_fill(~mask, -1.0)
+        return int(rate.argmax())
 
     def update(self, outcome: RoundOutcome) -> None:
         self._learn(outcome)
@@ -177,12 +240,16 @@ class ExpertPolicy(Policy):
             kernels.hedge_update_from_gamma(window.to(self.weights_.device), *state, draft_len=self.stream.window,
                                             loss=self.loss, level=self.level, **common)
             return
-        seconds = self.cost_model.arm_seconds(self.arms)
+        seconds = self.cost_model.arm_seconds(self.base_arms)
         awake = self.stream.window_awake
         if seconds is None:  # no round has been timed yet (CUDA events complete a little later): score it later
             self.stream.hold(window, awake)
             return
-        kernels.throughput_update(window, awake, self.draft_lens, seconds, *state, level=self.level, **common)
+        specialists = (self.arm_index, self.arm_context, self.sleepers) if self.sleepers else None
+        kernels.throughput_update(window, awake, self.draft_lens, seconds, *state, level=self.level,
+                                  position_seconds=self.cost_model.position_seconds(), specialists=specialists,
+                                  **common)
+        self._informed = True
 
     def observe_prompt(self, gamma: torch.Tensor, awake: torch.Tensor | None = None) -> None:
         """The prompt's positions are positions like the generated ones: the same loss stream, so windows run on from
@@ -194,7 +261,10 @@ class ExpertPolicy(Policy):
         arm left out)."""
         if self.objective == "mat":
             return self.weights_
-        per_drafter = self.weights_[1:].view(self.n_drafters, -1).sum(dim=1)
+        drafted = [e for e, (_, k) in enumerate(self.arms) if k > 0]
+        owner = torch.tensor([self.arms[e][0] for e in drafted], device=self.weights_.device)
+        per_drafter = torch.zeros(self.n_drafters, device=self.weights_.device, dtype=self.weights_.dtype)
+        per_drafter.index_add_(0, owner, self.weights_[drafted])
         total = per_drafter.sum()
         return torch.where(total > 0, per_drafter / total.clamp(min=1e-30),
                            torch.full_like(per_drafter, 1.0 / self.n_drafters))
@@ -209,6 +279,6 @@ class HedgeSpecSelector(ExpertPolicy):
     ``objective="throughput"`` over (drafter, draft length) arms and tokens per second."""
 
     def __init__(self, n_drafters: int, loss: str = "expected_length", level: str = "token", choice: str = "sample",
-                 backend: str = "auto", objective: str = DEFAULT_OBJECTIVE):
+                 backend: str = "auto", objective: str = DEFAULT_OBJECTIVE, contexts: bool = True):
         super().__init__(n_drafters, algo="normalhedge", loss=loss, level=level, choice=choice, backend=backend,
-                         objective=objective)
+                         objective=objective, contexts=contexts)
