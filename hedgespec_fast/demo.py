@@ -2,8 +2,9 @@
 
 Offline and CPU-friendly (about a minute on an idle machine). Prints MAT, tokens/s and the share of rounds spent on
 the prompt's own domain expert per policy — hedgespec with the default throughput objective and with the paper's MAT
-objective, the bandits, every fixed drafter, the per-prompt oracle and the target alone — then MAT per domain, checks
-every greedy output against plain ``target.generate()``, and saves a plot (regret vs rounds, drafter share).
+objective, the bandits, every fixed drafter, the per-prompt oracle (best MAT in hindsight) and the fastest fixed
+drafter per prompt (both read off the fixed runs) and the target alone — then MAT per domain, checks every greedy
+output against plain ``target.generate()``, and saves a plot (regret vs rounds, drafter share).
 """
 from __future__ import annotations
 
