@@ -382,8 +382,11 @@ def main(args) -> dict:
     kw = dict(max_new_tokens=args.max_new_tokens, draft_len=args.draft_len, sampling=sampling, eos=eos)
     args.out.mkdir(parents=True, exist_ok=True)
     calib_file = args.out / "hf_best_k.json"
+    wants_k = args.methods is None or "@K=" in args.methods
     if calib_file.exists():
         best_k = json.loads(calib_file.read_text())
+    elif not wants_k:  # no chosen method uses HF's best fixed K: no calibration sweep (minutes on a CPU)
+        best_k = {}
     else:
         ks = [int(k) for k in args.hf_ks.split(",") if k]
         best_k = calibrate_hf_k(target, drafters, lm_drafters, calibration, ks, seed=args.seed, **kw) if ks else {}
