@@ -162,13 +162,14 @@ class SpeculativeDecoder:
                     gamma = self.evaluator.gamma(torch.cat([w for w, _ in owed]), torch.cat([r for _, r in owed]),
                                                  beliefs, ids, owed_start)
                     awake = self.evaluator.awake(beliefs)
-                    self.schedule.evaluated(len(owed), costs)
-                    owed, owed_start = [], length + m
+                    batch, owed, owed_start = len(owed), [], length + m
                     stats.evaluations += 1
 
             marks.append(timer.mark("update"))
             policy.update(RoundOutcome(chosen, k, n_accepted, m, draft_len, gamma, block_reward, awake,
                                        skipped=tracks and gamma is None and decision == "skip"))
+            if tracks and decision == "evaluate":  # the next evaluation, planned from what this one taught
+                self.schedule.evaluated(batch, costs, policy.evaluation_need(pool.free))
             marks.append(timer.mark(None))
 
             marks_per_round.append(marks)

@@ -158,7 +158,8 @@ class EvaluationSchedule:
     positions, the learner's window, else rounds that emit one token each would never complete a window of a
     long-draft arm and those arms would never be scored), and after each batch as many rounds skipped as keep the
     measured evaluation time within ``budget`` of all the time spent: a batch that took ``t`` seconds of evaluation
-    over rounds of ``w`` seconds of other work each is followed by ⌈t / (budget · w)⌉ − batch skipped rounds. A
+    over rounds of ``w`` seconds of other work each is followed by ⌈t / (budget · w)⌉ − batch skipped rounds
+    (the budget scaled by the learner's weight on the arms evaluation informs: see :meth:`evaluated`). A
     drafter that is neither chosen nor evaluated costs nothing (it catches up when next needed, computing no logits
     for skipped positions), so skipping saves the whole evaluation, where deferring only batches it. The first batch
     of a generation is never skipped: early feedback is worth the most.
@@ -166,8 +167,9 @@ class EvaluationSchedule:
     Either way evaluation is forced once ``max_rounds`` rounds or ``max_positions`` positions are owed.
     """
 
-    def __init__(self, every, budget: float = 0.1, batch: int = 4, max_rounds: int = 32, max_positions: int = 128):
-        self.every, self.budget, self.batch = every, budget, batch
+    def __init__(self, every, budget: float = 0.1, batch: int = 4, max_rounds: int = 32, max_positions: int = 128,
+                 min_share: float = 0.25):
+        self.every, self.budget, self.batch, self.min_share = every, budget, batch, min_share
         self.max_rounds, self.max_positions = max_rounds, max_positions
         self.skip_left = 0
         self.min_positions = 1
@@ -189,11 +191,18 @@ class EvaluationSchedule:
             return "evaluate"
         return "defer"
 
-    def evaluated(self, rounds: int, costs) -> None:
-        """After an evaluation of ``rounds`` rounds: plan the skip from the measured costs."""
+    def evaluated(self, rounds: int, costs, need: float = 1.0) -> None:
+        """After an evaluation of ``rounds`` rounds: plan the skip from the measured costs.
+
+        ``need`` ∈ [0, 1]: the learner's weight on the arms this evaluation informs (model drafters' arms). The
+        budget is scaled by it, down to ``min_share`` of itself: evaluation is worth what it can change, and a
+        learner that puts no weight on those arms would play the same with or without their newest γ (selective
+        sampling's rule: ask for feedback where the decision depends on it). The floor keeps them tracked, so a
+        drafter that becomes good is still noticed, at a quarter of the rate."""
         if self.every != "auto" or costs.eval_forward is None or costs.work <= 0:
             return
-        self.skip_left = max(0, math.ceil(costs.eval_forward / (self.budget * costs.work)) - rounds)
+        budget = self.budget * min(1.0, max(self.min_share, need))
+        self.skip_left = max(0, math.ceil(costs.eval_forward / (budget * costs.work)) - rounds)
 
 
 class PromptScores:

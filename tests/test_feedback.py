@@ -143,3 +143,29 @@ def test_evaluator_warps_drafters_like_the_target():
                                                                   torch.zeros((1, 20), dtype=torch.long), 5)
     expected = torch.minimum(p.softmax(-1), q.softmax(-1)).sum(-1)
     torch.testing.assert_close(gamma[0], expected)
+
+
+def test_evaluation_budget_follows_the_weight_on_what_it_informs():
+    """eval_every="auto": after a batch that cost t seconds of evaluation over rounds of w seconds, ⌈t / (b·w)⌉ −
+    batch rounds are skipped, b the budget scaled by the learner's weight on the arms evaluation informs (model
+    drafters'), down to a quarter of it; the throughput learner reports that weight."""
+    from types import SimpleNamespace
+
+    from hedgespec_fast.cost import CostModel
+    from hedgespec_fast.feedback import EvaluationSchedule
+
+    costs = SimpleNamespace(eval_forward=0.1, work=0.1)
+    skips = {}
+    for need in (1.0, 0.5, 0.0):
+        schedule = EvaluationSchedule("auto", budget=0.1)
+        schedule.evaluated(4, costs, need)
+        skips[need] = schedule.skip_left
+    assert skips == {1.0: 6, 0.5: 16, 0.0: 36}
+    fixed_every = EvaluationSchedule(3)
+    fixed_every.evaluated(3, costs, 0.0)
+    assert fixed_every.skip_left == 0  # an integer eval_every is a promise: no skipping
+    learner = hs.HedgeSpecSelector(2)
+    learner.begin(2, 4, costs=CostModel(2), sleepers=(1,))
+    assert learner.evaluation_need([False, True]) == pytest.approx(
+        float(sum(w for (i, k), w in zip(learner.arms, learner.weights_.tolist()) if k > 0 and i == 0)))
+    assert hs.HedgeSpecSelector(2, objective="mat").evaluation_need([False, True]) == 1.0

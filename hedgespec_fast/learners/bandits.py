@@ -157,6 +157,9 @@ class TapOut(Policy):
     def needs_block_reward(self):
         return bool(self.drafter_policy is not None and self.drafter_policy.needs_block_reward)
 
+    def evaluation_need(self, free) -> float:
+        return self.drafter_policy.evaluation_need(free) if self.drafter_policy is not None else 1.0
+
     def begin(self, n_drafters: int, draft_len: int, seed: int | None = None, costs=None, sleepers=()) -> None:
         super().begin(n_drafters, draft_len, seed)
         if self.drafter_policy is not None:

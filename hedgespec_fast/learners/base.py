@@ -95,6 +95,11 @@ class Policy(nn.Module):
     def stop_rule(self) -> Callable | None:
         return None
 
+    def evaluation_need(self, free) -> float:
+        """The share of the policy's weight on arms whose drafters need evaluation (``free[i]``: drafter i's beliefs
+        cost nothing), read by the evaluation schedule; 1.0 when the policy cannot tell."""
+        return 1.0
+
     def weights(self) -> torch.Tensor | None:
         """The current distribution over drafters, when the policy has one."""
         return None

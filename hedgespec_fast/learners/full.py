@@ -185,6 +185,14 @@ class ExpertPolicy(Policy):
     def draft_length(self) -> int:
         return self.draft_len if self._length is None else self._length
 
+    def evaluation_need(self, free) -> float:
+        """Weight on the arms of drafters that are not free (throughput objective, CPU state: on a device reading the
+        weights would cost a host sync, so there 1.0)."""
+        if self.objective != "throughput" or self.weights_.device.type != "cpu":
+            return 1.0
+        paid = [e for e, (i, k) in enumerate(self.arms) if k > 0 and not free[i]]
+        return float(self.weights_[paid].sum()) if paid else 0.0
+
     @property
     def informed(self) -> bool:
         """Whether the learner has seen a loss (on a CPU state also after ``load_state_dict``)."""
