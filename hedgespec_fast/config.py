@@ -47,8 +47,10 @@ class SpecConfig:
     choice : ``"sample"`` from the weights (the no-regret guarantee) or ``"argmax"``.
     eval_every : evaluate all drafters every this many rounds (1 = always), or ``"auto"`` (the default under the
         throughput objective, unless ``record_gamma``): in batches of a few rounds, skipping as many rounds after each
-        as keeps the measured evaluation time within ``eval_budget`` of the round time (the first batch always runs;
-        free drafters such as n-gram lookup are evaluated every round; see ``feedback.EvaluationSchedule``). With
+        as keeps the measured evaluation time within ``eval_budget`` of the round time, scaled by the learner's
+        weight on the arms evaluation informs (down to a quarter; the first batch always runs; free drafters such as
+        n-gram lookup are evaluated every round; see ``feedback.EvaluationSchedule``). A learner made for one call
+        skips the final round's evaluation (nobody would learn from it; ``record_gamma`` keeps it). With
         an int, rounds in between feed no learner round yet (their positions are evaluated later, nothing is lost)
         and other drafters catch up lazily (HedgeSpec App. B.5's system-efficient variant, **[reconstructed]**).
     eval_budget : with ``eval_every="auto"``, the share of round time that evaluation may take.
@@ -57,7 +59,8 @@ class SpecConfig:
         many rows of their LM heads are added). 0 turns it off; None (default): 32 for a learner with the MAT
         objective, 0 under the throughput objective (``DEFAULT_PROMPT_WARMUP``: why). See ``feedback.PromptScores``.
     skip_eval_above : skip the evaluation while the learner's top weight is above this (1.0 = never skip).
-    seed : seeds the sampling generator and the policy's own randomness; ``None`` uses torch's global RNG.
+    seed : seeds the sampling generator and, through a derived seed (a different stream: the policy's draws must not
+        be the ones that draft and accept tokens), the policy's own randomness; ``None`` uses torch's global RNG.
     backend : kernel backend for γ and the learner update (``"auto" | "triton" | "torch"``).
     record_gamma : evaluate every drafter every round even when the policy does not learn from it (bandits, fixed),
         so the records hold γ for analysis (costs the evaluation forwards).
