@@ -178,14 +178,15 @@ def oracle_rows(fixed_rows: list[list[dict]], by: str = "mat") -> list[dict]:
     """The per-prompt oracle from every fixed drafter's rows (``fixed_rows[i]``: drafter i's, one per prompt): the
     best in hindsight by MAT, then fewer rounds, then lower index (``by="mat"``, the rule ``generate`` uses for
     ``policy="oracle"``), or the fastest (``by="time"``). Its wall time is that fixed run's."""
+    def key(rows, i):
+        r = rows[i]
+        if by == "time":
+            return (r["wall_s"] / max(r["new_tokens"], 1), i)
+        return (-r["new_tokens"] / max(r["rounds"], 1), r["rounds"], i)
+
     chosen = []
     for per_prompt in zip(*fixed_rows):
-        def key(i):
-            r = per_prompt[i]
-            if by == "time":
-                return (r["wall_s"] / max(r["new_tokens"], 1), i)
-            return (-r["new_tokens"] / max(r["rounds"], 1), r["rounds"], i)
-        best = min(range(len(per_prompt)), key=key)
+        best = min(range(len(per_prompt)), key=lambda i, rows=per_prompt: key(rows, i))
         chosen.append({**per_prompt[best], "oracle_choice": best})
     return chosen
 

@@ -133,7 +133,8 @@ class CostModel:
         return {"verify_ms": {n: ms(v) for n, v in sorted(self.verify.items())},
                 "draft_ms_per_token": [ms(d) for d in self.draft], "evaluate_ms_per_round": ms(self.evaluate),
                 "update_ms_per_round": ms(self.update), "positions_per_round": self.positions,
-                "selection_ms_per_position": ms(self.position_seconds()), "overhead_ms_per_round": ms(self.overhead), "work_ms_per_round": ms(self.work),
+                "selection_ms_per_position": ms(self.position_seconds()), "overhead_ms_per_round": ms(self.overhead),
+                "work_ms_per_round": ms(self.work),
                 "evaluation_ms": ms(self.eval_forward), "rounds": self.rounds}
 
 
