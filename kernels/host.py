@@ -16,7 +16,6 @@ import torch
 from .reference import ALGOS
 
 _NEWTON_STEPS = 40
-_LAST_SCALE: dict[int, float] = {}  # a learner's last NormalHedge c (by its weights' storage): the next solve's start
 
 
 def normalhedge_scale(regret: np.ndarray, guess: float = 0.0) -> float:
@@ -113,8 +112,7 @@ def _update(rows, masks, regret, abs_regret, cum_loss, weights, step, algo, eta,
     R, C, L, w = (x.detach().numpy().astype(np.float64) for x in (regret, abs_regret, cum_loss, weights))
     t = int(step.item())
     pi = None if prior is None else prior.detach().cpu().numpy().astype(np.float64)
-    key = weights.data_ptr()
-    scale = [_LAST_SCALE.get(key, 0.0)]  # NormalHedge's c, carried from row to row (and call to call) as the start
+    scale = [0.0]  # NormalHedge's c, carried from row to row as the next solve's start
     for t_row, row in enumerate(rows):
         if masks is not None and not masks[t_row].all():
             mask = masks[t_row]
@@ -127,9 +125,6 @@ def _update(rows, masks, regret, abs_regret, cum_loss, weights, step, algo, eta,
         L += row
         t += 1
         w = _weights(algo, R, C, L, t, eta, pi, scale)
-    if len(_LAST_SCALE) > 64:  # one entry per live learner; a stale one only costs its first solve a step
-        _LAST_SCALE.clear()
-    _LAST_SCALE[key] = scale[0]
     for tensor, value in zip((regret, abs_regret, cum_loss, weights), (R, C, L, w)):
         tensor.copy_(torch.from_numpy(value))
     step.fill_(t)

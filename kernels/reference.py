@@ -229,8 +229,8 @@ def contextual_arms(losses: torch.Tensor, arm_awake: torch.Tensor, awake: torch.
     0 where none has, −1 = every position. Outside its context a specialist is asleep, so the learner competes with
     the best arm *per context* (Freund et al.'s specialists), e.g. "n-gram lookup where it matches, else drafter j".
     """
-    index = torch.as_tensor(list(arm_index), dtype=torch.long, device=losses.device)
-    context = torch.as_tensor(list(arm_context), dtype=torch.long, device=losses.device)
+    index = torch.as_tensor(arm_index, dtype=torch.long, device=losses.device)
+    context = torch.as_tensor(arm_context, dtype=torch.long, device=losses.device)
     steps = losses.shape[0]
     some = awake[list(sleepers), :steps].any(dim=0) if len(sleepers) else awake.new_ones(steps)
     in_context = (context[None, :] < 0) | (context[None, :] == some.long()[:, None])

@@ -84,6 +84,7 @@ class ExpertPolicy(Policy):
         self.arm_context: list[int] = []
         self.sleepers: tuple[int, ...] = ()
         self._layout = None
+        self._masks: dict = {}  # awake pattern → the arms playable under it (built once per layout)
         self._reset_state(n_drafters)
         self.stream = LossStream(loss, level, 1)
         self.cost_model = None
@@ -118,6 +119,11 @@ class ExpertPolicy(Policy):
                 self.arm_index, self.arm_context = [b for b, _ in keys], [c for _, c in keys]
                 self.arms = [self.base_arms[b] for b in self.arm_index]
                 self._reset_state(len(self.arms))
+                self._masks = {}
+                # the specialists' layout as tensors, moving with the module (no list → tensor copy per update)
+                for name, values in (("_arm_index", self.arm_index), ("_arm_context", self.arm_context)):
+                    self.register_buffer(name, torch.tensor(values, dtype=torch.long, device=self._device()),
+                                         persistent=False)
             if costs is None:
                 raise ValueError("the throughput objective needs the round's cost model (costs=)")
             self.cost_model = costs
@@ -170,12 +176,15 @@ class ExpertPolicy(Policy):
             if mask is not None:
                 # sleeping experts: a drafter without a proposal now (n-gram lookup without a match) is not played
                 weights = weights * mask.to(weights.device)
-            prior = None
-            if mask is not None and not bool(weights.sum() > 0):
+            picked = kernels.choose(weights, self._u())
+            if mask is None:
+                arm = int(picked.item())
+            else:  # the choice and the awake arms' total weight in one read
+                arm, total = torch.cat([picked.to(weights.dtype), weights.sum().view(1)]).tolist()
                 # no awake arm has positive regret (NormalHedge's weights say nothing here, e.g. a context whose
                 # drafters were barely evaluated): the prior's choice, as before the first loss
-                prior = self._cold_start_arm(awake)
-            arm = int(kernels.choose(weights, self._u()).item()) if prior is None else prior
+                prior = self._cold_start_arm(awake) if not total > 0 else None
+                arm = int(arm) if prior is None else prior
         drafter, length = self.arms[arm]
         if length == 0:  # no draft: keep the last drafter's label, it drafts nothing
             drafter = self._drafter
@@ -202,15 +211,14 @@ class ExpertPolicy(Policy):
         """``[E]`` bool: the arms that can be played now (their drafter has a proposal, their context holds), or None
         when all can. One mask per awake pattern, built once (a round only looks it up)."""
         key = None if awake is None else tuple(awake)
-        cache = self.__dict__.setdefault("_mask_cache", {})
-        if key not in cache or cache[key][0] is not self.arms:
+        if key not in self._masks:
             some = True if awake is None or not self.sleepers else any(awake[i] for i in self.sleepers)
             mask = None
             if not ((awake is None or all(awake)) and all(c < 0 or c == some for c in self.arm_context)):
                 mask = torch.tensor([(k == 0 or awake is None or awake[i]) and (c < 0 or c == some)
                                      for (i, k), c in zip(self.arms, self.arm_context)])
-            cache[key] = (self.arms, mask)
-        return cache[key][1]
+            self._masks[key] = mask
+        return self._masks[key]
 
     def _cold_start_arm(self, awake) -> int | None:
         """The arm to play before any loss has arrived: the best expected rate under a prior that is the same for
@@ -253,7 +261,7 @@ class ExpertPolicy(Policy):
         if seconds is None:  # no round has been timed yet (CUDA events complete a little later): score it later
             self.stream.hold(window, awake)
             return
-        specialists = (self.arm_index, self.arm_context, self.sleepers) if self.sleepers else None
+        specialists = (self._arm_index, self._arm_context, self.sleepers) if self.sleepers else None
         kernels.throughput_update(window, awake, self.draft_lens, seconds, *state, level=self.level,
                                   position_seconds=self.cost_model.position_seconds(), specialists=specialists,
                                   **common)
