@@ -15,9 +15,14 @@ many tokens drafted, how many the target verified, how many positions were evalu
   Both scale with the positions scored, not with the rounds (the update runs one learner round per position), so
   they are charged per emitted position: ``position_seconds`` = (evaluate + update) / positions.
 - ``overhead``: the rest of a round outside the forwards (the choice).
+- ``excess[i]``: what a round drafted by drafter i costs beyond that sum, as the learner plays it (long-run mean over
+  every round i drafted, lagging ones included): a drafter chosen after rounds it sat out first catches up on the
+  text it missed, and the target's weights, evicted from the CPU's caches by a model drafter's forwards, make the
+  verification after it slower than after a plain step or an n-gram lookup. Neither shows in ``draft[i]`` (clean
+  rounds) or ``verify[n]`` (shared by every drafter).
 
 Expected cost of an arm (i, K) emitting ÂL tokens:  C(i, K) + e·ÂL with C(i, K) = verify[K + 1] + K·draft[i] +
-overhead and e = ``position_seconds`` (ALGORITHMS.md §3). A per-round charge would be wrong here: it would make
+excess[i] + overhead and e = ``position_seconds`` (ALGORITHMS.md §3). A per-round charge would be wrong here: it would make
 every arm that emits few tokens a round (the no-draft arm above all) look dearer than it is.
 All running means are exponential (``decay``), so costs follow a machine whose speed drifts.
 """
@@ -43,6 +48,7 @@ class CostModel:
         self.n_drafters, self.decay = n_drafters, decay
         self.verify: dict[int, float] = {}
         self.draft: list[float | None] = [None] * n_drafters
+        self.excess = [0.0] * n_drafters
         self.evaluate = 0.0
         self.update = 0.0
         self.positions = 1.0
@@ -67,6 +73,10 @@ class CostModel:
         """One round's phase seconds (``select, draft, verify, evaluate, update``) and the positions it emitted
         (default: ``verified``, all of them accepted)."""
         self.rounds += 1
+        if drafted > 0 and self.draft[chosen] is not None and self.verify:
+            expected = self.verify_seconds(verified) + drafted * self.draft[chosen] + self.overhead
+            actual = times["draft"] + times["verify"] + times["select"]
+            self.excess[chosen] += self.decay / 2 * (actual - expected - self.excess[chosen])
         if clean_draft:
             self.observe_draft(chosen, drafted, times["draft"])
         self.observe_verify(verified, times["verify"])
@@ -113,7 +123,9 @@ class CostModel:
             return None
         verify = {k: self.verify_seconds(k + 1) for k in {k for _, k in arms}}
         draft = [self.draft_seconds(i) for i in range(self.n_drafters)]
-        return torch.tensor([verify[k] + k * draft[i] + self.overhead for i, k in arms], dtype=torch.float32)
+        floor = 0.5 * verify[min(verify)]  # a drafter's measured excess may be negative, a round's cost is not
+        return torch.tensor([verify[k] + self.overhead + (max(k * draft[i] + self.excess[i], floor - verify[k])
+                                                          if k else 0.0) for i, k in arms], dtype=torch.float32)
 
     def position_seconds(self) -> float:
         """Seconds of evaluation and learner update per emitted position (long-run means)."""
@@ -131,7 +143,8 @@ class CostModel:
             return None if x is None or (isinstance(x, float) and math.isnan(x)) else 1e3 * x
 
         return {"verify_ms": {n: ms(v) for n, v in sorted(self.verify.items())},
-                "draft_ms_per_token": [ms(d) for d in self.draft], "evaluate_ms_per_round": ms(self.evaluate),
+                "draft_ms_per_token": [ms(d) for d in self.draft], "excess_ms_per_round": [ms(x) for x in self.excess],
+                "evaluate_ms_per_round": ms(self.evaluate),
                 "update_ms_per_round": ms(self.update), "positions_per_round": self.positions,
                 "selection_ms_per_position": ms(self.position_seconds()), "overhead_ms_per_round": ms(self.overhead),
                 "work_ms_per_round": ms(self.work),

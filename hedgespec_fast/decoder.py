@@ -15,7 +15,7 @@ from .learners.base import Policy, RoundOutcome
 from .logits import LogitsWarp
 from .modeling import forward_logits
 from .pool import DrafterPool
-from .speculation import make_speculation
+from .speculation import ChainSpeculation, make_speculation
 from .stats import PHASES, GenerationStats, PhaseTimer, RoundRecord
 
 
@@ -87,6 +87,7 @@ class SpeculativeDecoder:
         policy.begin(len(pool), draft_len, policy_seed(cfg.seed), costs=costs, sleepers=pool.sleepers)
         self.schedule.begin(getattr(getattr(policy, "stream", None), "window", draft_len))
         tracks = policy.full_information or cfg.record_gamma
+        chain = isinstance(spec, ChainSpeculation)  # a chain's outcome is an observation of the arm it played
         warmup = cfg.prompt_warmup
         if warmup is None:  # by the learner's own objective (a selector object may differ from the config's)
             warmup = DEFAULT_PROMPT_WARMUP.get(getattr(policy, "objective", cfg.objective), 0)
@@ -146,6 +147,7 @@ class SpeculativeDecoder:
             finished = finished or length + m >= self.max_length
             gamma = awake = None
             decision = self._evaluation(owed, m, finished, stats, costs) if tracks else "skip"
+            gamma_start = length if decision == "skip" else owed_start
             if decision == "skip":  # no model drafter computes beliefs here; free ones (n-gram) still may
                 scored = tracks and policy.partial_information and not owed  # (owed: the final round, skipped)
                 free = [True if f else None for f in pool.free] if scored else None
@@ -157,7 +159,11 @@ class SpeculativeDecoder:
                 owed, owed_start = [], length + m
             else:  # full information, possibly deferred: γ covers every position since the last evaluation
                 owed.append((verified.target_warped[:m], verified.target_raw[:m]))
-                beliefs = pool.commit(emitted, emitted_list, accepted_by, decision == "evaluate")
+                wants = decision == "evaluate"  # the drafters the learner has no use for now may be left out
+                if wants and self.schedule.every == "auto" and not cfg.record_gamma:  # (an explicit eval_every: all)
+                    targets = policy.evaluation_targets(pool.free)
+                    wants = wants if targets is None else [True if t else None for t in targets]
+                beliefs = pool.commit(emitted, emitted_list, accepted_by, wants)
                 if decision == "evaluate":
                     gamma = self.evaluator.gamma(torch.cat([w for w, _ in owed]), torch.cat([r for _, r in owed]),
                                                  beliefs, ids, owed_start)
@@ -167,7 +173,8 @@ class SpeculativeDecoder:
 
             marks.append(timer.mark("update"))
             policy.update(RoundOutcome(chosen, k, n_accepted, m, draft_len, gamma, block_reward, awake,
-                                       skipped=tracks and gamma is None and decision == "skip"))
+                                       skipped=tracks and gamma is None and decision == "skip",
+                                       start=length if chain else None, gamma_start=gamma_start))
             if tracks and decision == "evaluate":  # the next evaluation, planned from what this one taught
                 self.schedule.evaluated(batch, costs, policy.evaluation_need(pool.free))
             marks.append(timer.mark(None))

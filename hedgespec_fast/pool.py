@@ -144,7 +144,8 @@ class DrafterPool:
         beliefs: list[Beliefs | None] = [None] * len(self.drafters)
         for unit, indices in self.units:
             if isinstance(unit, StackedDrafters):  # at most one member drafted: its count is the group's
-                rows = unit.commit_rows(emitted, max(accepted[i] for i in indices), wants[indices[0]])
+                want = True if any(wants[i] is True for i in indices) else wants[indices[0]]  # one forward for all
+                rows = unit.commit_rows(emitted, max(accepted[i] for i in indices), want)
                 for row, i in enumerate(indices):
                     beliefs[i] = None if rows is None else Beliefs(logits=rows[row])
             else:

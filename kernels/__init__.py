@@ -123,20 +123,21 @@ def hedge_update(losses, regret, abs_regret, cum_loss, weights, step, *, algo="n
 
 def throughput_update(gamma, awake, draft_lens, arm_seconds, regret, abs_regret, cum_loss, weights, step, *,
                       level="token", algo="normalhedge", eta=None, u=None, backend="auto", out=None,
-                      position_seconds=0.0, specialists=None):
+                      position_seconds=0.0, specialists=None, observed=()):
     """The throughput learner's update: losses of a γ window ``[N, S]`` (NaN = not evaluated) over the (drafter, K)
     arms from their measured seconds (a round's, plus ``position_seconds`` per emitted position), sleeping arms
     masked (and mapped onto context specialists, ``specialists = (arm_index, arm_context, sleepers)``: see
     :func:`reference.contextual_arms`), then the learner rounds and the next choice. Host (NumPy) on CPU state;
     elsewhere the torch functions :func:`reference.throughput_losses` / :func:`reference.throughput_awake` and
-    :func:`hedge_update` (Triton on CUDA)."""
+    :func:`hedge_update` (Triton on CUDA). ``observed``: ``(t, arm, tokens)`` of played arms whose ÂL γ leaves
+    unknown (see :func:`reference.throughput_losses`)."""
     if resolve_backend(backend, weights.device, learner=True) == "host":
         return _triton_module("host").throughput_update(gamma, awake, draft_lens, arm_seconds, regret, abs_regret,
                                                         cum_loss, weights, step, level=level, algo=algo, eta=eta,
                                                         u=u, out=out, position_seconds=position_seconds,
-                                                        specialists=specialists)
+                                                        specialists=specialists, observed=observed)
     device = weights.device
-    losses = reference.throughput_losses(gamma.to(device), draft_lens, arm_seconds, position_seconds)
+    losses = reference.throughput_losses(gamma.to(device), draft_lens, arm_seconds, position_seconds, observed)
     arm_awake = reference.throughput_awake(awake.to(device), draft_lens) & losses.isfinite()
     if specialists is not None:
         losses, arm_awake = reference.contextual_arms(losses, arm_awake, awake.to(device), *specialists)

@@ -160,7 +160,7 @@ def expected_length_losses(gamma: torch.Tensor, draft_len: int) -> torch.Tensor:
 
 
 def throughput_losses(gamma: torch.Tensor, draft_lens: Sequence[int], arm_seconds: torch.Tensor,
-                      position_seconds: float = 0.0) -> torch.Tensor:
+                      position_seconds: float = 0.0, observed: Sequence[tuple[int, int, float]] = ()) -> torch.Tensor:
     """Loss of the expected tokens per second of every (drafter, K) arm, for every complete window.
 
     Arms are laid out as ``[no draft] + [(i, K) for i in drafters for K in draft_lens]``. For a round started at
@@ -184,6 +184,8 @@ def throughput_losses(gamma: torch.Tensor, draft_lens: Sequence[int], arm_second
     draft_lens : the K of the arms (each in 1..K_max; K_max = max).
     arm_seconds : Tensor ``[1 + N·L]`` fp32 > 0, each arm's expected round seconds, in arm order.
     position_seconds : e ≥ 0, seconds per emitted position on top of the round (the evaluation tax).
+    observed : ``(t, arm, tokens)`` triples: arm ``arm`` was played at window ``t`` and emitted ``tokens`` (the round's
+        own outcome, an unbiased sample of its ÂL); used where γ leaves that arm's ÂL unknown (NaN).
 
     Returns
     -------
@@ -203,6 +205,9 @@ def throughput_losses(gamma: torch.Tensor, draft_lens: Sequence[int], arm_second
     chosen = expected.index_select(-1, index)  # [N, T, L]
     steps = chosen.shape[1]
     tokens = torch.cat([chosen.new_ones((steps, 1)), chosen.permute(1, 0, 2).reshape(steps, -1)], dim=1)
+    if observed:
+        t, arm, value = (torch.tensor(x, device=gamma.device) for x in zip(*observed))
+        tokens[t, arm] = torch.where(tokens[t, arm].isnan(), value.to(tokens.dtype), tokens[t, arm])
     seconds = arm_seconds.to(device=gamma.device, dtype=torch.float32)
     scale = seconds.min() / (k_max + 1) + position_seconds
     rate = tokens / (seconds + tokens * position_seconds)

@@ -268,7 +268,7 @@ def test_host_throughput_update_equals_the_torch_path(level):
     sleeping arms included."""
     gen = torch.Generator().manual_seed(4)
     gamma = torch.rand(3, 11, generator=gen)
-    gamma[1, 4] = float("nan")
+    gamma[1, 4] = gamma[1, 0] = float("nan")
     awake = torch.rand(3, 11, generator=gen) > 0.2
     lens = (1, 2, 4)
     seconds = torch.rand(1 + 3 * len(lens), generator=gen) + 0.5
@@ -276,7 +276,9 @@ def test_host_throughput_update_equals_the_torch_path(level):
     base = [(0, 0)] + [(i, k) for i in range(3) for k in lens]
     keys = [(b, c) for c in (1, 0) for b, (i, k) in enumerate(base) if not (c == 0 and k > 0 and i == 2)]
     specialists = ([b for b, _ in keys], [c for _, c in keys], (2,))
-    for extra in (dict(), dict(position_seconds=0.05), dict(position_seconds=0.05, specialists=specialists)):
+    observed = [(0, 1 + 1 * len(lens), 2), (0, 2 + 1 * len(lens), 3), (3, 1, 1)]  # drafter 1 at window 0 (γ NaN there)
+    for extra in (dict(), dict(position_seconds=0.05), dict(position_seconds=0.05, specialists=specialists),
+                  dict(observed=observed), dict(observed=observed, specialists=specialists)):
         experts = len(keys) if "specialists" in extra else len(base)
         states = {}
         for backend in ("host", "torch"):
@@ -358,3 +360,107 @@ def test_a_plain_step_asks_no_drafter(tiny_pool):
         hook.remove()
     assert torch.equal(out.sequences, target.generate(prompt, do_sample=False, max_new_tokens=12, eos_token_id=None))
     assert out.stats.rounds == 12 and len(calls) <= 2  # the prompt (and its calibrated last token)
+
+
+def test_observed_chain_fills_only_what_gamma_leaves_unknown():
+    """A played chain's outcome scores its arms (i, K ≤ k) at its first window where γ is NaN, and nowhere else: a
+    window γ covers keeps γ's expectation; arms longer than the chain stay unknown."""
+    lens = (1, 2, 4)
+    gamma = torch.full((2, 6), float("nan"))
+    gamma[1] = 0.5
+    seconds = torch.tensor([1.0] + [1.0 + 0.1 * k for _ in range(2) for k in lens])
+    arm = {(i, k): 1 + i * len(lens) + j for i in range(2) for j, k in enumerate(lens)}
+    observed = [(0, arm[(0, 1)], 2), (0, arm[(0, 2)], 2), (1, arm[(1, 1)], 1)]
+    plain = throughput_losses(gamma, lens, seconds)
+    filled = throughput_losses(gamma, lens, seconds, observed=observed)
+    assert plain[0, arm[(0, 1)]].isnan() and not filled[0, arm[(0, 1)]].isnan()
+    assert filled[0, arm[(0, 1)]] < filled[0, arm[(0, 2)]]  # 2 tokens a round: cheaper for the shorter chain
+    assert filled[0, arm[(0, 4)]].isnan()  # not drafted that far: unknown
+    assert torch.equal(filled[1, arm[(1, 1)]], plain[1, arm[(1, 1)]])  # γ known there: its expectation stays
+    assert filled[1:, arm[(0, 1)]].isnan().all()  # other windows of the played drafter: unknown
+
+
+def test_played_arm_learns_where_evaluation_never_comes():
+    """No drafter is ever evaluated (γ NaN everywhere, as in the rounds the evaluation schedule skips): the only
+    feedback is each played chain's own outcome. A model drafter whose chains are always rejected loses its weight
+    to the plain step; without the observations (``start=None``, the negative control) nothing is learned and it
+    keeps being played."""
+    costs = fixed_costs(1, [0.3], verify=(1.0, 0.02))
+    share = {}
+    for observe in (True, False):
+        policy = hs.HedgeSpecSelector(1, objective="throughput")
+        policy.begin(1, 4, seed=0, costs=costs)
+        policy.regret.fill_(0.5)  # every arm starts with the same positive regret (as after an early evaluation)
+        policy.weights_.fill_(1.0 / policy.regret.numel())
+        policy._informed = True
+        position, drafted_rounds = 0, 0
+        for r in range(300):
+            policy.choose()
+            k = policy.draft_length()
+            emitted = 1  # rejected at once (or a plain step)
+            drafted_rounds += int(r >= 200 and k > 0)
+            policy.update(RoundOutcome(0, k, 0, emitted, 4, None, skipped=True,
+                                       start=position if observe else None, gamma_start=position))
+            position += emitted
+        share[observe] = drafted_rounds / 100
+    assert share[True] < 0.1, f"a drafter that is always rejected was still played in {share[True]:.0%} of rounds"
+    assert share[False] > 0.5, "without the observations the drafter lost its weight anyway: the check is vacuous"
+
+
+def test_cost_model_charges_what_a_drafter_costs_beyond_its_tokens():
+    """Rounds of drafter 0 take 0.3 s more than its clean per-token cost and the verification predict (a catch-up
+    after rounds it sat out, a slower verification after it): its arms are charged that excess; drafter 1's are
+    not."""
+    costs = CostModel(2)
+    for r in range(200):
+        drafter, k = r % 2, 1 + r % 4
+        lag = drafter == 0 and r % 4 == 0
+        times = dict(select=0.01, draft=0.1 * k + (0.6 if lag else 0.0), verify=1.0 + 0.01 * k,
+                     evaluate=0.0, update=0.0)
+        costs.observe_round(drafter, k, k + 1, times, False, clean_draft=not lag)
+        costs.observe_round(drafter, 0, 1, dict(select=0.01, draft=0.0, verify=1.0, evaluate=0.0, update=0.0),
+                            False)
+    seconds = costs.arm_seconds([(0, 0), (0, 2), (1, 2)]).tolist()
+    assert abs(costs.excess[0] - 0.3) < 0.08 and abs(costs.excess[1]) < 0.03
+    assert abs((seconds[1] - seconds[2]) - 0.3) < 0.08
+
+
+def test_evaluation_leaves_out_weightless_drafters_in_turn():
+    """Under the throughput objective an evaluation scores the free drafters, those whose arms carry weight, and one
+    weightless drafter in turn (so every drafter is scored now and then)."""
+    costs = fixed_costs(4, [0.1, 0.1, 0.1, 0.0])
+    policy = hs.HedgeSpecSelector(4, objective="throughput")
+    policy.begin(4, 4, seed=0, costs=costs, sleepers=(3,))
+    free = [False, False, False, True]
+    assert policy.evaluation_targets(free) is None  # before any loss: everything
+    policy._informed = True
+    weights = torch.zeros_like(policy.weights_)
+    weights[[e for e, (i, k) in enumerate(policy.arms) if i == 0 and k > 0]] = 1.0
+    policy.weights_.copy_(weights / weights.sum())
+    seen = set()
+    for _ in range(4):
+        targets = policy.evaluation_targets(free)
+        assert targets[0] and targets[3] and sum(targets[1:3]) == 1
+        seen |= {i for i in (1, 2) if targets[i]}
+    assert seen == {1, 2}
+    assert hs.HedgeSpecSelector(4, objective="mat").evaluation_targets(free) is None
+
+
+def test_host_mirror_follows_the_buffers():
+    """The learner's NumPy mirror re-reads its buffers when they change behind it (load_state_dict), and writes
+    every update back into them."""
+    costs = fixed_costs(2, [0.1, 0.0])
+    policy = hs.HedgeSpecSelector(2, objective="throughput", choice="argmax")
+    policy.begin(2, 4, seed=0, costs=costs)
+    gamma = torch.tensor([[0.9] * 6, [0.1] * 6])
+    policy.update(RoundOutcome(0, 4, 4, 6, 4, gamma))
+    state = {k: v.clone() for k, v in policy.state_dict().items()}
+    assert state["step"].item() == 3 and state["regret"].abs().sum() > 0  # 6 positions, K_max 4: 3 windows
+    favourite = policy.arms.index((1, 1))
+    forced = torch.zeros_like(policy.weights_)
+    forced[favourite] = 1.0
+    regret = torch.full_like(policy.regret, -1.0)
+    regret[favourite] = 1.0
+    policy.load_state_dict({**state, "weights_": forced, "regret": regret})
+    policy.choose()
+    assert (policy._drafter, policy.draft_length()) == (1, 1)

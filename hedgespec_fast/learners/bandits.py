@@ -160,6 +160,9 @@ class TapOut(Policy):
     def evaluation_need(self, free) -> float:
         return self.drafter_policy.evaluation_need(free) if self.drafter_policy is not None else 1.0
 
+    def evaluation_targets(self, free):
+        return self.drafter_policy.evaluation_targets(free) if self.drafter_policy is not None else None
+
     def begin(self, n_drafters: int, draft_len: int, seed: int | None = None, costs=None, sleepers=()) -> None:
         super().begin(n_drafters, draft_len, seed)
         if self.drafter_policy is not None:

@@ -25,6 +25,10 @@ class RoundOutcome:
         positions the learner sees.
     block_reward : MetaSD's block-divergence reward of the chosen drafter (mean 1 − TV over all drafted positions), or
         None when the policy did not ask for it.
+    start : sequence index of the round's first emitted position, for a chain round (None otherwise): where the
+        drafted chain's own outcome is an observation of the played arm (see ``ExpertPolicy``).
+    gamma_start : sequence index of ``gamma``'s first column (earlier than ``start`` when deferred rounds are
+        evaluated with this one).
     """
 
     chosen: int
@@ -36,6 +40,8 @@ class RoundOutcome:
     block_reward: float | None = None
     awake: torch.Tensor | None = None
     skipped: bool = False
+    start: int | None = None
+    gamma_start: int | None = None
 
 
 class Policy(nn.Module):
@@ -99,6 +105,11 @@ class Policy(nn.Module):
         """The share of the policy's weight on arms whose drafters need evaluation (``free[i]``: drafter i's beliefs
         cost nothing), read by the evaluation schedule; 1.0 when the policy cannot tell."""
         return 1.0
+
+    def evaluation_targets(self, free) -> list[bool] | None:
+        """Which drafters an evaluation due now should score (``True``; the others are left unscored there, their γ
+        unknown), or None for all of them. Only policies that learn from partial information may leave some out."""
+        return None
 
     def weights(self) -> torch.Tensor | None:
         """The current distribution over drafters, when the policy has one."""

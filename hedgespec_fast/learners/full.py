@@ -2,9 +2,13 @@
 arms under the throughput objective — fed through QPM-D's FIFO."""
 from __future__ import annotations
 
+import os
+
+import numpy as np
 import torch
 
 from .. import kernels
+from ..kernels.host import HostState, throughput_rows
 from ..config import DEFAULT_OBJECTIVE
 from ..feedback import LossStream
 from .base import Policy, RoundOutcome
@@ -13,6 +17,8 @@ OBJECTIVES = ("throughput", "mat")
 # Draft lengths the throughput objective weighs (those ≤ K_max, and K_max itself): every K up to 6, then a
 # geometric grid, so a long K_max adds a few arms, not dozens.
 LENGTH_GRID = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64)
+LIVE_WEIGHT = 1e-3  # a drafter whose arms carry less is left out of evaluations but in turn (evaluation_targets)
+MAX_PLAYED = 256  # played chains kept until their first position's window is released (a few rounds)
 
 
 def draft_lengths(k_max: int) -> tuple[int, ...]:
@@ -41,6 +47,14 @@ class ExpertPolicy(Policy):
     for every drafter), and it is chosen precisely where the lookup is asleep, so one estimate for both contexts
     overrates it there. The specialists make the comparator the best arm *per context* ("lookup where it matches,
     else drafter j at K, or a plain step"), which includes every fixed arm; the bound grows by ln 2 in ln E.
+
+    Partial information (evaluation skips positions to stay within its budget): a drafter not evaluated at a window
+    is asleep there, except that a chain round is itself an observation of the arm it played — drafter i drafted k
+    tokens and n were accepted, so every arm (i, K ≤ k) would have emitted 1 + min(n, K) tokens from that position
+    (the K-draft is the k-draft's prefix); which K are observed is fixed before the outcome, so the sample is
+    unbiased, and it is used only where γ is unknown. An evaluation scores only the drafters whose arms carry weight
+    and one other in turn (:meth:`evaluation_targets`). The guarantee is the sleeping experts': against each arm,
+    over the windows where it was scored.
 
     State (buffers): ``regret`` R, ``abs_regret`` C, ``cum_loss`` L, ``weights_`` w (over experts) and ``step`` t;
     the update runs in ``hedgespec_fast.kernels`` (Triton on CUDA, torch otherwise), so moving the module with
@@ -85,6 +99,7 @@ class ExpertPolicy(Policy):
         self.sleepers: tuple[int, ...] = ()
         self._layout = None
         self._masks: dict = {}  # awake pattern → the arms playable under it (built once per layout)
+        self._awake_index: dict = {}  # … and their indices
         self._reset_state(n_drafters)
         self.stream = LossStream(loss, level, 1)
         self.cost_model = None
@@ -93,6 +108,23 @@ class ExpertPolicy(Policy):
         self._pending: torch.Tensor | None = None  # the next arm, computed on the device by the last update
         self._received: int | None = None  # …and read back with the last round's packed read
         self._read_weights = True
+        self._host_state = HostState()
+        self._host_where, self._on_host = None, False
+        self._uniforms: list[float] = []  # the policy generator's draws, taken in batches (one torch call per 64)
+        self._revive = 0  # which weightless drafter the next evaluation takes (evaluation_targets)
+        self._played: list[tuple[int, int, int, int]] = []  # (first position, drafter, drafted, accepted) of chains
+
+    def _host(self) -> HostState | None:
+        """The state's float64 NumPy mirror when the update runs on the host (CPU state, backend "host" or "auto"),
+        synced with the buffers; None on a device."""
+        weights = self.weights_
+        where = (weights.device, self.backend, os.environ.get(kernels.ENV_BACKEND))
+        if where != self._host_where:  # the backend is resolved once per device and setting, not every round
+            self._host_where = where
+            self._on_host = kernels.resolve_backend(self.backend, weights.device, learner=True) == "host"
+        if not self._on_host:
+            return None
+        return self._host_state.sync(self.regret, self.abs_regret, self.cum_loss, weights, self.step)
 
     def _reset_state(self, experts: int) -> None:
         self._informed = False  # no loss seen yet: the throughput learner's cold-start rule chooses (see choose)
@@ -107,6 +139,7 @@ class ExpertPolicy(Policy):
 
     def begin(self, n_drafters: int, draft_len: int, seed: int | None = None, costs=None, sleepers=()) -> None:
         super().begin(n_drafters, draft_len, seed)
+        self._played, self._uniforms = [], []
         if self.objective == "throughput":
             lens = draft_lengths(draft_len)
             sleepers = tuple(sleepers) if self.contexts else ()
@@ -119,11 +152,12 @@ class ExpertPolicy(Policy):
                 self.arm_index, self.arm_context = [b for b, _ in keys], [c for _, c in keys]
                 self.arms = [self.base_arms[b] for b in self.arm_index]
                 self._reset_state(len(self.arms))
-                self._masks = {}
+                self._masks, self._awake_index = {}, {}
                 # the specialists' layout as tensors, moving with the module (no list → tensor copy per update)
                 for name, values in (("_arm_index", self.arm_index), ("_arm_context", self.arm_context)):
                     self.register_buffer(name, torch.tensor(values, dtype=torch.long, device=self._device()),
                                          persistent=False)
+                self._host_layout = (np.asarray(self.arm_index), np.asarray(self.arm_context), self.sleepers)
             if costs is None:
                 raise ValueError("the throughput objective needs the round's cost model (costs=)")
             self.cost_model = costs
@@ -171,25 +205,37 @@ class ExpertPolicy(Policy):
         elif not self._read_weights:  # the sleeping-expert mask is not applied here
             arm, self._received = self._received, None
         else:
-            weights = self.weights_
             mask = self._awake_arms(awake) if self.objective == "throughput" else None
-            if mask is not None:
-                # sleeping experts: a drafter without a proposal now (n-gram lookup without a match) is not played
-                weights = weights * mask.to(weights.device)
-            picked = kernels.choose(weights, self._u())
-            if mask is None:
-                arm = int(picked.item())
-            else:  # the choice and the awake arms' total weight in one read
-                arm, total = torch.cat([picked.to(weights.dtype), weights.sum().view(1)]).tolist()
-                # no awake arm has positive regret (NormalHedge's weights say nothing here, e.g. a context whose
-                # drafters were barely evaluated): the prior's choice, as before the first loss
-                prior = self._cold_start_arm(awake) if not total > 0 else None
-                arm = int(arm) if prior is None else prior
+            host = self._host()
+            if host is not None:  # the NumPy mirror: no torch call in the choice
+                u = self._host_uniform() if self.choice == "sample" else None
+                arm, total = host.choose(u, None if mask is None else
+                                         self._awake_index[None if awake is None else tuple(awake)])
+            else:
+                weights = self.weights_
+                if mask is not None:
+                    # sleeping experts: a drafter without a proposal now (n-gram lookup without a match) is not played
+                    weights = weights * torch.from_numpy(mask).to(weights.device)
+                picked = kernels.choose(weights, self._u())
+                total = 1.0
+                if mask is None:
+                    arm = int(picked.item())
+                else:  # the choice and the awake arms' total weight in one read
+                    arm, total = torch.cat([picked.to(weights.dtype), weights.sum().view(1)]).tolist()
+            # no awake arm has positive regret (NormalHedge's weights say nothing here, e.g. a context whose drafters
+            # were barely evaluated): the prior's choice, as before the first loss
+            prior = self._cold_start_arm(awake) if mask is not None and not total > 0 else None
+            arm = int(arm) if prior is None else prior
         drafter, length = self.arms[arm]
         if length == 0:  # no draft: keep the last drafter's label, it drafts nothing
             drafter = self._drafter
         self._drafter, self._length = drafter, (None if length < 0 else length)
         return drafter
+
+    def _host_uniform(self) -> float:
+        if not self._uniforms:
+            self._uniforms = torch.rand(64, generator=self.generator, dtype=torch.float64).tolist()[::-1]
+        return self._uniforms.pop()
 
     def draft_length(self) -> int:
         return self.draft_len if self._length is None else self._length
@@ -200,24 +246,58 @@ class ExpertPolicy(Policy):
         if self.objective != "throughput" or self.weights_.device.type != "cpu":
             return 1.0
         paid = [e for e, (i, k) in enumerate(self.arms) if k > 0 and not free[i]]
-        return float(self.weights_[paid].sum()) if paid else 0.0
+        host = self._host()
+        weights = host.w if host is not None else self.weights_.numpy()
+        return float(weights[paid].sum()) if paid else 0.0
+
+    def evaluation_targets(self, free) -> list[bool] | None:
+        """Under the throughput objective on CPU state: the free drafters, those whose arms carry weight (> 1e-3), and
+        one of the others in turn; None (all) otherwise.
+
+        An evaluation is worth what it can change (selective sampling's rule). A drafter whose every arm has weight 0
+        (NormalHedge: no positive regret) is outside the learner's mixture, so scoring it changes neither the
+        learner's loss nor any other arm's regret, only possibly its own; leaving it out skips its catch-up forward,
+        the evaluation's cost. Its arms are asleep in the windows it missed (the bound is the sleeping experts'), and
+        taking one such drafter per evaluation in turn keeps every drafter scored now and then, so one that turns
+        good is still noticed."""
+        if self.objective != "throughput" or self.weights_.device.type != "cpu" or not self.informed:
+            return None
+        host = self._host()
+        weights = host.w if host is not None else self.weights_.numpy()
+        live = np.zeros(self.n_drafters)
+        owners = self._arm_owner()
+        np.add.at(live, owners[owners >= 0], weights[owners >= 0])
+        targets = [bool(f) or bool(live[i] > LIVE_WEIGHT) for i, f in enumerate(free)]
+        idle = [i for i, t in enumerate(targets) if not t]
+        if idle:
+            self._revive = (self._revive + 1) % len(idle)
+            targets[idle[self._revive]] = True
+        return targets
+
+    def _arm_owner(self) -> np.ndarray:
+        """``[E]`` the drafter of each arm, −1 for the plain step (cached per layout)."""
+        if getattr(self, "_owners_for", None) is not self.arms:
+            self._owners_for = self.arms
+            self._owners = np.array([i if k != 0 else -1 for i, k in self.arms])
+        return self._owners
 
     @property
     def informed(self) -> bool:
         """Whether the learner has seen a loss (on a CPU state also after ``load_state_dict``)."""
         return self._informed or (self.step.device.type == "cpu" and int(self.step) > 0)
 
-    def _awake_arms(self, awake) -> torch.Tensor | None:
-        """``[E]`` bool: the arms that can be played now (their drafter has a proposal, their context holds), or None
+    def _awake_arms(self, awake) -> np.ndarray | None:
+        """``[E]`` bool (NumPy): the arms that can be played now (their drafter has a proposal, their context holds), or None
         when all can. One mask per awake pattern, built once (a round only looks it up)."""
         key = None if awake is None else tuple(awake)
         if key not in self._masks:
             some = True if awake is None or not self.sleepers else any(awake[i] for i in self.sleepers)
             mask = None
             if not ((awake is None or all(awake)) and all(c < 0 or c == some for c in self.arm_context)):
-                mask = torch.tensor([(k == 0 or awake is None or awake[i]) and (c < 0 or c == some)
-                                     for (i, k), c in zip(self.arms, self.arm_context)])
+                mask = np.array([(k == 0 or awake is None or awake[i]) and (c < 0 or c == some)
+                                 for (i, k), c in zip(self.arms, self.arm_context)], dtype=bool)
             self._masks[key] = mask
+            self._awake_index[key] = None if mask is None else np.flatnonzero(mask)
         return self._masks[key]
 
     def _cold_start_arm(self, awake) -> int | None:
@@ -234,7 +314,7 @@ class ExpertPolicy(Policy):
         rate = prior / (seconds + prior * self.cost_model.position_seconds())
         mask = self._awake_arms(awake)
         if mask is not None:
-            rate = rate.masked_fill(~mask, -1.0)
+            rate = rate.masked_fill(~torch.from_numpy(mask), -1.0)
         return int(rate.argmax())
 
     def update(self, outcome: RoundOutcome) -> None:
@@ -243,15 +323,33 @@ class ExpertPolicy(Policy):
             self._pending = kernels.choose(self.weights_, self._u())
 
     def _learn(self, outcome: RoundOutcome) -> None:
-        if outcome.skipped:  # windows cannot span positions nobody evaluated
-            self.stream.reset()
-        if outcome.gamma is None:
+        gamma, awake = outcome.gamma, outcome.awake
+        throughput = self.objective == "throughput"
+        if throughput and outcome.start is not None and outcome.drafted > 0:
+            self._played.append((outcome.start, outcome.chosen, outcome.drafted, outcome.accepted))
+            del self._played[:-MAX_PLAYED]
+        if outcome.skipped:
+            if throughput and not self.sleepers and outcome.gamma_start is not None:
+                # nobody was evaluated, but the plain step's loss needs no γ and the played arm has its own outcome:
+                # the positions stay in the stream, unknown (NaN) for every drafter
+                gamma = torch.full((self.n_drafters, outcome.emitted), float("nan"), device=self.weights_.device)
+            else:  # windows cannot span positions nobody evaluated
+                self.stream.reset()
+        if gamma is None:
             return
-        window, released = self.stream.extend(outcome.gamma, outcome.awake)
+        window, released = self.stream.extend(gamma, awake)
         if not released:
             return
         state = (self.regret, self.abs_regret, self.cum_loss, self.weights_, self.step)
         common = dict(algo=self.algo, eta=self.eta, backend=self.backend)
+        host = self._host()
+        if self.objective == "mat" and host is not None:
+            losses = kernels.gamma_losses(window, self.loss, self.stream.window)
+            if self.level == "chunk" and losses.shape[0] > 1:
+                losses = losses.mean(dim=0, keepdim=True)
+            host.rounds(losses.numpy().astype(np.float64), None, self.algo, self.eta)
+            host.store()
+            return
         if self.objective == "mat":  # losses of the released windows + the learner rounds: one launch on a GPU
             kernels.hedge_update_from_gamma(window.to(self.weights_.device), *state, draft_len=self.stream.window,
                                             loss=self.loss, level=self.level, **common)
@@ -261,11 +359,34 @@ class ExpertPolicy(Policy):
         if seconds is None:  # no round has been timed yet (CUDA events complete a little later): score it later
             self.stream.hold(window, awake)
             return
-        specialists = (self._arm_index, self._arm_context, self.sleepers) if self.sleepers else None
-        kernels.throughput_update(window, awake, self.draft_lens, seconds, *state, level=self.level,
-                                  position_seconds=self.cost_model.position_seconds(), specialists=specialists,
-                                  **common)
+        first = None if outcome.gamma_start is None else outcome.gamma_start + gamma.shape[1] - window.shape[1]
+        observed = self._observed(first, released)
+        if host is not None:  # NumPy end to end on the mirror
+            rows, masks = throughput_rows(window.numpy().astype(np.float64), awake.numpy(), self.draft_lens,
+                                          seconds.numpy().astype(np.float64), self.cost_model.position_seconds(),
+                                          self._host_layout if self.sleepers else None, self.level, observed)
+            host.rounds(rows, masks, self.algo, self.eta)
+            host.store()
+        else:
+            specialists = (self._arm_index, self._arm_context, self.sleepers) if self.sleepers else None
+            kernels.throughput_update(window, awake, self.draft_lens, seconds, *state, level=self.level,
+                                      position_seconds=self.cost_model.position_seconds(), specialists=specialists,
+                                      observed=observed, **common)
         self._informed = True
+        if first is not None:
+            self._played = [p for p in self._played if p[0] >= first + released]
+
+    def _observed(self, first: int | None, released: int) -> list[tuple[int, int, int]]:
+        """``(window, base arm, tokens)`` for the played chains whose first position is among the released windows:
+        a chain of drafter i drafted to length k that had n tokens accepted is an outcome of every arm (i, K ≤ k)
+        at its first position, 1 + min(n, K) tokens (the K-draft is the k-draft's prefix). That sample is unbiased
+        (which K are observed is fixed before the outcome), so where evaluation skipped drafter i the learner still
+        scores the arm it played, at no cost; a window it did evaluate keeps γ's expectation (NaN-only fill)."""
+        if first is None or not self._played:
+            return []
+        lens = self.draft_lens
+        return [(p - first, 1 + i * len(lens) + j, 1 + min(n, k)) for p, i, d, n in self._played
+                if first <= p < first + released for j, k in enumerate(lens) if k <= d]
 
     def observe_prompt(self, gamma: torch.Tensor, awake: torch.Tensor | None = None) -> None:
         """The prompt's positions are positions like the generated ones: the same loss stream, so windows run on from
