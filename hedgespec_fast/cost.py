@@ -21,10 +21,10 @@ many tokens drafted, how many the target verified, how many positions were evalu
   verification after it slower than after a plain step or an n-gram lookup. Neither shows in ``draft[i]`` (clean
   rounds) or ``verify[n]`` (shared by every drafter).
 
-Expected cost of an arm (i, K) emitting ÂL tokens:  C(i, K) + e·ÂL with C(i, K) = verify[K + 1] + K·draft[i] +
-excess[i] + overhead and e = ``position_seconds`` (ALGORITHMS.md §3). A per-round charge would be wrong here: it would make
-every arm that emits few tokens a round (the no-draft arm above all) look dearer than it is.
-All running means are exponential (``decay``), so costs follow a machine whose speed drifts.
+Expected cost of an arm (i, K) emitting ÂL tokens: C(i, K) + e·ÂL with C(i, K) = verify[K + 1] + K·draft[i] +
+excess[i] + overhead and e = ``position_seconds`` (ALGORITHMS.md §3). A per-round charge would be wrong here: it
+would make every arm that emits few tokens a round (the no-draft arm above all) look dearer than it is. All running
+means are exponential (``decay``), so costs follow a machine whose speed drifts.
 """
 from __future__ import annotations
 

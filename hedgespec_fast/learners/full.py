@@ -287,8 +287,8 @@ class ExpertPolicy(Policy):
         return self._informed or (self.step.device.type == "cpu" and int(self.step) > 0)
 
     def _awake_arms(self, awake) -> np.ndarray | None:
-        """``[E]`` bool (NumPy): the arms that can be played now (their drafter has a proposal, their context holds), or None
-        when all can. One mask per awake pattern, built once (a round only looks it up)."""
+        """``[E]`` bool (NumPy): the arms that can be played now (their drafter has a proposal, their context holds),
+        or None when all can. One mask per awake pattern, built once (a round only looks it up)."""
         key = None if awake is None else tuple(awake)
         if key not in self._masks:
             some = True if awake is None or not self.sleepers else any(awake[i] for i in self.sleepers)
