@@ -464,3 +464,31 @@ def test_host_mirror_follows_the_buffers():
     policy.load_state_dict({**state, "weights_": forced, "regret": regret})
     policy.choose()
     assert (policy._drafter, policy.draft_length()) == (1, 1)
+
+
+def test_plain_steps_are_scored_in_batches_without_losing_positions(monkeypatch):
+    """Plain steps queue their γ (one position each) and are scored together once four positions wait, or at the next
+    drafting round: every window is still scored exactly once (the same learner rounds in the end), in fewer
+    updates. The control scores every round at once (a queue of one position)."""
+    import hedgespec_fast.learners.full as full
+
+    costs = fixed_costs(2, [0.1, 0.0])
+    result, default = {}, full.QUEUED_POSITIONS
+    for queue in (default, 1):
+        monkeypatch.setattr(full, "QUEUED_POSITIONS", queue)
+        gen = torch.Generator().manual_seed(0)
+        policy = hs.HedgeSpecSelector(2, objective="throughput")
+        policy.begin(2, 4, seed=0, costs=costs)
+        position, updates = 0, 0
+        for r in range(40):
+            drafted = 2 if r % 5 == 4 else 0  # four plain steps, then a drafting round (the last round drafts)
+            emitted = 3 if drafted else 1
+            before = int(policy.step)
+            policy.update(RoundOutcome(0, drafted, drafted, emitted, 4, torch.rand(2, emitted, generator=gen),
+                                       start=position, gamma_start=position))
+            updates += int(int(policy.step) != before)
+            position += emitted
+        result[queue] = (int(policy.step), updates, policy.regret.clone())
+    batched, single = result[default], result[1]
+    assert batched[0] == single[0] == position - 4 + 1  # every window scored once
+    assert batched[1] < single[1]

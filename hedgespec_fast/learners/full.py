@@ -3,6 +3,7 @@ arms under the throughput objective — fed through QPM-D's FIFO."""
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ OBJECTIVES = ("throughput", "mat")
 LENGTH_GRID = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64)
 LIVE_WEIGHT = 1e-3  # a drafter whose arms carry less is left out of evaluations but in turn (evaluation_targets)
 MAX_PLAYED = 256  # played chains kept until their first position's window is released (a few rounds)
+QUEUED_POSITIONS = 4  # plain steps' γ is scored in batches of this many positions (see ExpertPolicy._batched)
 
 
 def draft_lengths(k_max: int) -> tuple[int, ...]:
@@ -111,6 +113,7 @@ class ExpertPolicy(Policy):
         self._host_state = HostState()
         self._host_where, self._on_host = None, False
         self._uniforms: list[float] = []  # the policy generator's draws, taken in batches (one torch call per 64)
+        self._queued: list = []  # (γ, awake, γ start) of plain steps not scored yet
         self._revive = 0  # which weightless drafter the next evaluation takes (evaluation_targets)
         self._played: list[tuple[int, int, int, int]] = []  # (first position, drafter, drafted, accepted) of chains
 
@@ -139,7 +142,7 @@ class ExpertPolicy(Policy):
 
     def begin(self, n_drafters: int, draft_len: int, seed: int | None = None, costs=None, sleepers=()) -> None:
         super().begin(n_drafters, draft_len, seed)
-        self._played, self._uniforms = [], []
+        self._played, self._uniforms, self._queued = [], [], []
         if self.objective == "throughput":
             lens = draft_lengths(draft_len)
             sleepers = tuple(sleepers) if self.contexts else ()
@@ -335,8 +338,13 @@ class ExpertPolicy(Policy):
                 gamma = torch.full((self.n_drafters, outcome.emitted), float("nan"), device=self.weights_.device)
             else:  # windows cannot span positions nobody evaluated
                 self.stream.reset()
+                self._queued = []
         if gamma is None:
             return
+        if throughput:
+            gamma, awake, outcome = self._batched(gamma, awake, outcome)
+            if gamma is None:
+                return
         window, released = self.stream.extend(gamma, awake)
         if not released:
             return
@@ -375,6 +383,24 @@ class ExpertPolicy(Policy):
         self._informed = True
         if first is not None:
             self._played = [p for p in self._played if p[0] >= first + released]
+
+    def _batched(self, gamma, awake, outcome):
+        """Plain steps queue their γ until ``QUEUED_POSITIONS`` positions wait (or a drafting round comes): a plain step
+        emits one position, and scoring it alone cost a whole update (most of a round's overhead on a CPU) to learn
+        from one window, often one in which only the plain step could be scored. The learner sees those windows up
+        to ``QUEUED_POSITIONS`` − 1 positions later: QPM-D's delay term grows by as much. Returns the γ, awake and
+        outcome to score now (γ None: wait)."""
+        self._queued.append((gamma, awake, outcome.gamma_start))
+        if outcome.drafted == 0 and sum(int(g.shape[1]) for g, _, _ in self._queued) < QUEUED_POSITIONS:
+            return None, None, outcome
+        queued, self._queued = self._queued, []
+        if len(queued) == 1:
+            return gamma, awake, outcome
+        if any(a is not None for _, a, _ in queued):
+            awake = torch.cat([torch.ones_like(g, dtype=torch.bool) if a is None else a for g, a, _ in queued], dim=1)
+        starts = [start for _, _, start in queued]
+        return (torch.cat([g for g, _, _ in queued], dim=1), awake,
+                replace(outcome, gamma_start=None if None in starts else starts[0]))
 
     def _observed(self, first: int | None, released: int) -> list[tuple[int, int, int]]:
         """``(window, base arm, tokens)`` for the played chains whose first position is among the released windows:
