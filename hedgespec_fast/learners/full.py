@@ -309,16 +309,19 @@ class ExpertPolicy(Policy):
         number), from the measured costs — cheap arms first (a free drafter at K_max, or a plain step), instead of a
         uniform draw over arms that is mostly expensive model drafts. A constant number of rounds (until the first
         evaluated window), so the regret bound is unchanged. None while no cost has been measured."""
-        seconds = self.cost_model.arm_seconds(self.arms) if self.cost_model is not None else None
+        seconds = self.cost_model.arm_seconds(self.base_arms) if self.cost_model is not None else None
         if seconds is None:
             return None
-        harmonic = {k: sum(1.0 / j for j in range(1, k + 2)) for k in {0, *self.draft_lens}}
-        prior = torch.tensor([harmonic[k] for _, k in self.arms], dtype=torch.float32)
-        rate = prior / (seconds + prior * self.cost_model.position_seconds())
+        if getattr(self, "_prior_for", None) is not self.arms:  # the prior per arm, once per layout
+            harmonic = {k: sum(1.0 / j for j in range(1, k + 2)) for k in {0, *self.draft_lens}}
+            self._prior_for, self._prior = self.arms, np.array([harmonic[k] for _, k in self.arms])
+            self._prior_index = np.asarray(self.arm_index)
+        prior = self._prior
+        rate = prior / (seconds.numpy()[self._prior_index] + prior * self.cost_model.position_seconds())
         mask = self._awake_arms(awake)
         if mask is not None:
-            rate = rate.masked_fill(~torch.from_numpy(mask), -1.0)
-        return int(rate.argmax())
+            rate = np.where(mask, rate, -1.0)
+        return int(np.argmax(rate))
 
     def update(self, outcome: RoundOutcome) -> None:
         self._learn(outcome)
