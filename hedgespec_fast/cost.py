@@ -124,8 +124,8 @@ class CostModel:
         verify = {k: self.verify_seconds(k + 1) for k in {k for _, k in arms}}
         draft = [self.draft_seconds(i) for i in range(self.n_drafters)]
         floor = 0.5 * verify[min(verify)]  # a drafter's measured excess may be negative, a round's cost is not
-        return torch.tensor([verify[k] + self.overhead + (max(k * draft[i] + self.excess[i], floor - verify[k])
-                                                          if k else 0.0) for i, k in arms], dtype=torch.float32)
+        seconds = [max(verify[k] + k * draft[i] + self.excess[i], floor) if k else verify[k] for i, k in arms]
+        return torch.tensor(seconds, dtype=torch.float32) + self.overhead
 
     def position_seconds(self) -> float:
         """Seconds of evaluation and learner update per emitted position (long-run means)."""

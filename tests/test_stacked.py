@@ -91,3 +91,14 @@ def test_stacks_are_cached_and_rebuilt_when_weights_change():
     with torch.no_grad():
         members[1].lm_head.weight.mul_(2.0)
     assert stacked_module.cached_stack(members) is not first
+
+
+def test_a_stack_is_evaluated_when_any_member_is_wanted():
+    """An evaluation that wants only some drafters (the throughput learner leaves weightless ones out) still runs a
+    stack whose first member is left out when another member is wanted: one forward serves the group."""
+    target = tiny_model("llama", seed=5)
+    pool = DrafterPool(copies(target, 2) + [hs.NGramDrafter()], stack=True)
+    pool.prefill(PROMPT)
+    emitted = torch.tensor([7, 8, 9])
+    beliefs = pool.commit(emitted, emitted.tolist(), [0, 0, 0], [None, True, True])
+    assert beliefs[0] is not None and beliefs[1] is not None and beliefs[1].logits.shape[0] == 3
