@@ -492,3 +492,25 @@ def test_plain_steps_are_scored_in_batches_without_losing_positions(monkeypatch)
     batched, single = result[default], result[1]
     assert batched[0] == single[0] == position - 4 + 1  # every window scored once
     assert batched[1] < single[1]
+
+
+@pytest.mark.parametrize("algo", ["normalhedge", "adanormalhedge", "hedge"])
+def test_host_rounds_with_few_awake_experts_equal_the_torch_path(algo):
+    """Rows in which one expert is awake skip the host solve (nobody gains regret); rows with two or more must not:
+    the NumPy learner equals the torch twin row by row on a mix of one-, two- and all-awake rows."""
+    gen = torch.Generator().manual_seed(7)
+    experts, steps = 6, 12
+    losses = torch.rand(steps, experts, generator=gen)
+    awake = torch.ones(steps, experts, dtype=torch.bool)
+    for t in range(steps):  # all awake (the weights then follow the regrets, as a learner's always do), one, two
+        if t % 3:
+            awake[t] = False
+            awake[t, torch.randperm(experts, generator=gen)[: t % 3]] = True
+    states = {}
+    for backend in ("host", "torch"):
+        state = [torch.rand(experts, generator=torch.Generator().manual_seed(1)) - 0.3, torch.zeros(experts),
+                 torch.zeros(experts), torch.full((experts,), 1.0 / experts), torch.zeros(1, dtype=torch.long)]
+        hs.kernels.hedge_update(losses, *state, algo=algo, backend=backend, awake=awake)
+        states[backend] = state
+    for a, b in zip(states["host"], states["torch"]):
+        torch.testing.assert_close(a.double(), b.double(), atol=1e-5, rtol=1e-4)
