@@ -15,6 +15,8 @@ many tokens drafted, how many the target verified, how many positions were evalu
   Both scale with the positions scored, not with the rounds (the update runs one learner round per position), so
   they are charged per emitted position: ``position_seconds`` = (evaluate + update) / positions.
 - ``overhead``: the rest of a round outside the forwards (the choice).
+- ``prefill[i]``: seconds per prompt token of model drafter i's prompt forward (CPU clocks), so that what bringing a
+  drafter into a generation costs is known before it is paid (:meth:`CostModel.catch_up_seconds`).
 - ``excess[i]``: what a round drafted by drafter i costs beyond that sum, as the learner plays it (long-run mean over
   every round i drafted, lagging ones included): a drafter chosen after rounds it sat out first catches up on the
   text it missed, and the target's weights, evicted from the CPU's caches by a model drafter's forwards, make the
@@ -49,6 +51,7 @@ class CostModel:
         self.verify: dict[int, float] = {}
         self.draft: list[float | None] = [None] * n_drafters
         self.excess = [0.0] * n_drafters
+        self.prefill: list[float | None] = [None] * n_drafters
         self.evaluate = 0.0
         self.update = 0.0
         self.positions = 1.0
@@ -67,6 +70,11 @@ class CostModel:
     def observe_draft(self, drafter: int, tokens: int, seconds: float) -> None:
         if tokens > 0:
             self.draft[drafter] = self._mean(self.draft[drafter], seconds / tokens)
+
+    def observe_prefill(self, drafter: int, tokens: int, seconds: float) -> None:
+        """Drafter ``drafter`` took ``seconds`` to take in a prompt of ``tokens`` tokens."""
+        if tokens > 0:
+            self.prefill[drafter] = self._mean(self.prefill[drafter], seconds / tokens)
 
     def observe_round(self, chosen: int, drafted: int, verified: int, times: dict, evaluated: bool,
                       clean_draft: bool = True, positions: int | None = None) -> None:
@@ -107,6 +115,11 @@ class CostModel:
             return self.verify[a] + t * (self.verify[b] - self.verify[a])
         return self.verify[lower[-1]] if lower else self.verify[upper[0]]
 
+    def catch_up_seconds(self, drafter: int, tokens: int) -> float | None:
+        """Seconds drafter ``drafter`` needs to take in ``tokens`` tokens of text at once (None: never measured)."""
+        rate = self.prefill[drafter]
+        return None if rate is None else rate * tokens
+
     def uncalibrated(self) -> list[int]:
         """Drafters whose drafting cost was never measured."""
         return [i for i, d in enumerate(self.draft) if d is None]
@@ -143,7 +156,9 @@ class CostModel:
             return None if x is None or (isinstance(x, float) and math.isnan(x)) else 1e3 * x
 
         return {"verify_ms": {n: ms(v) for n, v in sorted(self.verify.items())},
-                "draft_ms_per_token": [ms(d) for d in self.draft], "excess_ms_per_round": [ms(x) for x in self.excess],
+                "draft_ms_per_token": [ms(d) for d in self.draft],
+                "prefill_ms_per_token": [ms(p) for p in self.prefill],
+                "excess_ms_per_round": [ms(x) for x in self.excess],
                 "evaluate_ms_per_round": ms(self.evaluate),
                 "update_ms_per_round": ms(self.update), "positions_per_round": self.positions,
                 "selection_ms_per_position": ms(self.position_seconds()), "overhead_ms_per_round": ms(self.overhead),

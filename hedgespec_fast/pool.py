@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Sequence
 
 import torch
@@ -73,9 +74,15 @@ class DrafterPool:
                 d.check_compatible(target_vocab, device, dtype, needed_len)
 
     def prefill(self, ids: torch.Tensor, calibrate: Sequence[int] = (), beliefs: int = 0,
-                on_beliefs=None, cache_len: int | None = None) -> dict[int, float]:
+                on_beliefs=None, cache_len: int | None = None, lazy: Sequence[int] = (),
+                on_prefill=None) -> dict[int, float]:
         """Feed the prompt to every drafter; the drafters in ``calibrate`` also time one drafting step (their prompt's
         last token fed alone). Returns those seconds by pool index (model drafters only).
+
+        Model drafters in ``lazy`` (a stack: when all its members are) compute nothing now: they take the prompt in
+        with the first forward that needs them (:meth:`HFDrafter.prefill`), possibly never. ``on_prefill(index,
+        tokens, seconds)`` gets the wall seconds of each model drafter's prompt forward, on CPU only (timing a CUDA
+        forward would need a host sync).
 
         With ``beliefs = P``, ``on_beliefs(indices, [Beliefs, …])`` is called after each drafter (or stack) with its
         beliefs at the prompt's last P positions, so a caller can score them and let them go before the next drafter
@@ -85,8 +92,17 @@ class DrafterPool:
         steps: dict[int, float] = {}
         for unit, indices in self.units:
             if isinstance(unit, HFDrafter):
+                if all(i in lazy for i in indices):
+                    unit.prefill(ids, cache_len=cache_len, lazy=True)
+                    if on_beliefs is not None and beliefs:
+                        on_beliefs(indices, None)
+                    continue
+                start = time.perf_counter()
                 seconds, rows = unit.prefill(ids, calibrate=any(i in calibrate for i in indices), beliefs=beliefs,
                                              cache_len=cache_len)
+                if on_prefill is not None and unit.device.type == "cpu":
+                    for i in indices:
+                        on_prefill(i, int(ids.shape[-1]), time.perf_counter() - start)
                 if seconds is not None:
                     steps.update({i: seconds for i in indices})
                 found = None if rows is None else [Beliefs(logits=r) for r in rows]

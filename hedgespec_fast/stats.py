@@ -92,6 +92,7 @@ class GenerationStats:
     costs: dict | None = None  # the cost model's estimates at the end (ms), see hedgespec_fast.cost
     evaluations: int = 0  # rounds whose full-information evaluation ran
     prompt_positions: int = 0  # prompt positions the learner saw before round one (the prompt warm start)
+    left_out: list = field(default_factory=list)  # drafters not brought in: catching up would cost over the budget
 
     @property
     def mean_accepted(self) -> float:

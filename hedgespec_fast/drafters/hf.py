@@ -47,8 +47,13 @@ class HFDrafter:
         return self.pending_rows[0]
 
     # -- lifecycle ---------------------------------------------------------------------------------------------------
-    def prefill(self, ids: torch.Tensor, calibrate: bool = False, beliefs: int = 0, cache_len: int | None = None):
+    def prefill(self, ids: torch.Tensor, calibrate: bool = False, beliefs: int = 0, cache_len: int | None = None,
+                lazy: bool = False):
         """Feed the prompt ``[1, L]``.
+
+        With ``lazy``, nothing is computed: the prompt waits in the backlog like text the drafter sat out, and the
+        first forward that needs this drafter (its first draft or evaluation) feeds it; a drafter never needed costs
+        nothing.
 
         With ``calibrate``, its last token goes in a forward of its own whose seconds are returned: what one drafting
         step costs, measured without an extra token of work. With ``beliefs = P`` (P < L), the logits at the prompt's
@@ -71,6 +76,9 @@ class HFDrafter:
         self.owed: list[torch.Tensor] = []  # [rows, n, V] logit rows of committed positions not yet reported, in order
         self.owed_positions = 0
         tokens = ids.reshape(-1)
+        if lazy:
+            self.backlog.append(tokens.clone())  # the caller's buffer may change
+            return None, None
         beliefs = min(beliefs, tokens.shape[0] - 1)
         if not calibrate or tokens.shape[0] < 2:
             out = self._feed(tokens, keep=beliefs + 1)

@@ -163,6 +163,9 @@ class TapOut(Policy):
     def evaluation_targets(self, free):
         return self.drafter_policy.evaluation_targets(free) if self.drafter_policy is not None else None
 
+    def drafters_used(self):
+        return self.drafter_policy.drafters_used() if self.drafter_policy is not None else [0]
+
     def begin(self, n_drafters: int, draft_len: int, seed: int | None = None, costs=None, sleepers=()) -> None:
         super().begin(n_drafters, draft_len, seed)
         if self.drafter_policy is not None:

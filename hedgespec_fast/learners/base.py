@@ -111,6 +111,11 @@ class Policy(nn.Module):
         unknown), or None for all of them. Only policies that learn from partial information may leave some out."""
         return None
 
+    def drafters_used(self) -> list[int] | None:
+        """The drafters this policy can ever choose (None: any). The others are never prefilled: with nobody asking
+        for their beliefs they compute nothing in the generation."""
+        return None
+
     def weights(self) -> torch.Tensor | None:
         """The current distribution over drafters, when the policy has one."""
         return None

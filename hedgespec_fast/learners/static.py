@@ -18,6 +18,9 @@ class Fixed(Policy):
     def choose(self, awake=None) -> int:
         return self.index
 
+    def drafters_used(self) -> list[int]:
+        return [self.index]
+
     def update(self, outcome: RoundOutcome) -> None:
         return None
 

@@ -1,0 +1,138 @@
+"""Which drafters a generation brings in: lazy prefill (a drafter takes the prompt in with the first forward that
+needs it), a fixed policy's other drafters never run, and the throughput learner leaves out a drafter whose catch-up
+on the prompt would cost more than the evaluation budget of the whole generation."""
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny import noisy_copy, tiny_model
+
+import hedgespec_fast as hs
+from hedgespec_fast.cost import CostModel, shared_cost_model
+from hedgespec_fast.drafters.base import DraftContext
+from hedgespec_fast.drafters.hf import HFDrafter
+from hedgespec_fast.learners.static import Fixed
+from hedgespec_fast.logits import LogitsWarp
+from hedgespec_fast.pool import DrafterPool
+
+PROMPT = torch.tensor([[5, 6, 7, 8, 9, 10, 11]])
+
+
+@pytest.fixture(scope="module")
+def pool():
+    target = tiny_model("llama", vocab=128, hidden=32, layers=2, seed=3)
+    return target, [noisy_copy(target, 0.05, 1), noisy_copy(target, 0.3, 2), hs.NGramDrafter()]
+
+
+def counting(models):
+    calls = [0] * len(models)
+    hooks = [m.register_forward_hook(lambda *a, i=i: calls.__setitem__(i, calls[i] + 1)) for i, m in enumerate(models)]
+    return calls, hooks
+
+
+def test_lazy_prefill_drafts_and_reports_what_an_eager_one_does(pool):
+    target, drafters = pool
+    eager, lazy = HFDrafter(drafters[0]), HFDrafter(drafters[0])
+    eager.prefill(PROMPT)
+    lazy.prefill(PROMPT, lazy=True)
+    assert lazy.lag == PROMPT.shape[1] and lazy.pending_rows is None  # nothing computed yet
+    emitted = torch.tensor([12, 13, 14])
+    for d in (eager, lazy):
+        d.commit(emitted, emitted.tolist(), 0, False)  # deferred: the lazy one still computes nothing
+    assert lazy.pending_rows is None
+    a, b = (d.commit(emitted, emitted.tolist(), 0, True) for d in (eager, lazy))
+    assert a.logits.shape == b.logits.shape == (6, 128)
+    torch.testing.assert_close(a.logits, b.logits, atol=1e-5, rtol=1e-5)
+    proposals = []
+    for d in (eager, lazy):
+        ids = torch.zeros((1, 32), dtype=torch.long)
+        ids[0, :13] = torch.cat([PROMPT[0], emitted, emitted])
+        proposals.append(d.propose(4, DraftContext(ids, 13, LogitsWarp(), False, None, None)))
+    assert torch.equal(proposals[0].tokens, proposals[1].tokens)
+    torch.testing.assert_close(proposals[0].logits, proposals[1].logits, atol=1e-5, rtol=1e-5)
+
+
+def test_pool_times_eager_prefills_only():
+    target = tiny_model("llama", vocab=128, hidden=32, layers=2, seed=3)
+    models = [noisy_copy(target, 0.05, 1), noisy_copy(target, 0.3, 2)]
+    seen = []
+    calls, hooks = counting(models)
+    try:
+        DrafterPool(models).prefill(PROMPT, lazy=[1], on_prefill=lambda *args: seen.append(args))
+    finally:
+        for h in hooks:
+            h.remove()
+    assert calls == [1, 0]
+    assert [(i, n) for i, n, _ in seen] == [(0, PROMPT.shape[1])] and seen[0][2] > 0
+
+
+class FixedAskingForAll(Fixed):
+    """The negative control: a fixed policy that does not say which drafters it uses."""
+
+    def drafters_used(self):
+        return None
+
+
+def test_a_fixed_policy_never_runs_the_other_drafters(pool):
+    target, drafters = pool
+    ref = target.generate(PROMPT, do_sample=False, max_new_tokens=16, eos_token_id=None)
+    runs = {}
+    for label, policy in (("fixed", Fixed(3, 0)), ("control", FixedAskingForAll(3, 0))):
+        calls, hooks = counting(drafters[:2])
+        try:
+            out = hs.generate(target, PROMPT, drafters=drafters, max_new_tokens=16, policy=policy, eos_token_id=None)
+        finally:
+            for h in hooks:
+                h.remove()
+        assert torch.equal(out.sequences, ref)
+        runs[label] = calls
+    assert runs["fixed"][0] > 0 and runs["fixed"][1] == 0
+    assert runs["control"][1] > 0, "the control prefills every drafter: the check cannot tell the two apart"
+
+
+def test_a_drafter_too_dear_to_bring_in_is_left_out(pool):
+    """Catch-up (prefill seconds per token × prompt) over eval_budget × new tokens × verify[1]: left out. The same
+    drafter, with twice the new tokens (so the budget covers it), is brought in: the boundary is the stated rule."""
+    target, drafters = pool
+    hs.generate(target, PROMPT, drafters=drafters, max_new_tokens=16, eos_token_id=None, seed=0)  # calibrates
+    costs = shared_cost_model(target, DrafterPool(drafters).key, len(drafters))
+    names = DrafterPool(drafters).names
+    results = {}
+    for new in (16, 32):
+        step = costs.verify_seconds(1)
+        budget_16 = 0.1 * 16 * step  # eval_budget (default 0.1) × 16 new tokens × a plain step
+        costs.prefill[1] = 1.5 * budget_16 / PROMPT.shape[1]  # catch-up = 1.5 × the 16-token budget
+        calls, hooks = counting(drafters[:2])
+        try:
+            out = hs.generate(target, PROMPT, drafters=drafters, max_new_tokens=new, eos_token_id=None, seed=0)
+        finally:
+            for h in hooks:
+                h.remove()
+        assert torch.equal(out.sequences, target.generate(PROMPT, do_sample=False, max_new_tokens=new,
+                                                          eos_token_id=None))
+        results[new] = (out.stats, calls)
+    stats, calls = results[16]
+    assert stats.left_out == [names[1]] and calls[1] == 0 and stats.drafter_counts[1] == 0
+    stats, calls = results[32]
+    assert stats.left_out == [] and calls[1] > 0
+
+
+def test_nothing_is_left_out_where_the_rule_does_not_apply(pool):
+    """An explicit eval_every, the MAT objective or record_gamma: every drafter is brought in, whatever it costs."""
+    target, drafters = pool
+    costs = shared_cost_model(target, DrafterPool(drafters).key, len(drafters))
+    for kwargs in (dict(spec_config=hs.SpecConfig(eval_every=2)), dict(objective="mat"),
+                   dict(spec_config=hs.SpecConfig(record_gamma=True))):
+        hs.generate(target, PROMPT, drafters=drafters, max_new_tokens=8, eos_token_id=None, **kwargs)
+        costs.prefill[1] = 1e6  # far beyond any budget
+        out = hs.generate(target, PROMPT, drafters=drafters, max_new_tokens=8, eos_token_id=None, **kwargs)
+        assert out.stats.left_out == [], kwargs
+
+
+def test_cost_model_prefill_rate():
+    costs = CostModel(2)
+    assert costs.catch_up_seconds(0, 100) is None
+    costs.observe_prefill(0, 100, 0.5)
+    assert costs.catch_up_seconds(0, 200) == pytest.approx(1.0)
+    costs.observe_prefill(0, 0, 3.0)  # an empty prompt says nothing
+    assert costs.summary()["prefill_ms_per_token"] == [pytest.approx(5.0), None]
