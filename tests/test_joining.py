@@ -102,6 +102,7 @@ def test_a_drafter_too_dear_to_bring_in_is_left_out(pool):
         step = costs.verify_seconds(1)
         budget_16 = 0.1 * 16 * step  # eval_budget (default 0.1) × 16 new tokens × a plain step
         costs.prefill[1] = 1.5 * budget_16 / PROMPT.shape[1]  # catch-up = 1.5 × the 16-token budget
+        costs.prefill[0] = 0.0  # drafter 0 (as large as the target here) always fits, whatever the clocks said
         calls, hooks = counting(drafters[:2])
         try:
             out = hs.generate(target, PROMPT, drafters=drafters, max_new_tokens=new, eos_token_id=None, seed=0)

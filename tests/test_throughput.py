@@ -362,6 +362,16 @@ def test_a_plain_step_asks_no_drafter(tiny_pool):
     assert out.stats.rounds == 12 and len(calls) <= 2  # the prompt (and its calibrated last token)
 
 
+def test_throughput_learner_with_no_drafting_arm(tiny_pool):
+    """draft_len = 0 under the throughput objective leaves only the no-draft arm: plain steps, the target's output
+    (found by the fuzz test: the per-drafter weights were summed over an empty, float-typed index)."""
+    target, drafters = tiny_pool
+    prompt = torch.tensor([[5, 6, 7, 8]])
+    out = hs.generate(target, prompt, drafters=drafters, max_new_tokens=6, draft_len=0, eos_token_id=None)
+    assert torch.equal(out.sequences, target.generate(prompt, do_sample=False, max_new_tokens=6, eos_token_id=None))
+    assert out.stats.no_draft_rounds == out.stats.rounds == 6 and out.stats.final_weights is not None
+
+
 def test_observed_chain_fills_only_what_gamma_leaves_unknown():
     """A played chain's outcome scores its arms (i, K ≤ k) at its first window where γ is NaN, and nowhere else: a
     window γ covers keeps γ's expectation; arms longer than the chain stay unknown."""

@@ -331,6 +331,8 @@ class ExpertPolicy(Policy):
     def _learn(self, outcome: RoundOutcome) -> None:
         gamma, awake = outcome.gamma, outcome.awake
         throughput = self.objective == "throughput"
+        if throughput and not self.draft_lens:  # K_max = 0: the no-draft arm alone, nothing to learn
+            return
         if throughput and outcome.start is not None and outcome.drafted > 0:
             self._played.append((outcome.start, outcome.chosen, outcome.drafted, outcome.accepted))
             del self._played[:-MAX_PLAYED]
@@ -428,7 +430,8 @@ class ExpertPolicy(Policy):
         if self.objective == "mat":
             return self.weights_
         drafted = [e for e, (_, k) in enumerate(self.arms) if k > 0]
-        owner = torch.tensor([self.arms[e][0] for e in drafted], device=self.weights_.device)
+        # (draft_len = 0 leaves no drafting arm: an empty index must still be an integer one)
+        owner = torch.tensor([self.arms[e][0] for e in drafted], dtype=torch.long, device=self.weights_.device)
         per_drafter = torch.zeros(self.n_drafters, device=self.weights_.device, dtype=self.weights_.dtype)
         per_drafter.index_add_(0, owner, self.weights_[drafted])
         total = per_drafter.sum()
