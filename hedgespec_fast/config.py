@@ -55,7 +55,10 @@ class SpecConfig:
         skips the final round's evaluation (nobody would learn from it; ``record_gamma`` keeps it). With
         an int, rounds in between feed no learner round yet (their positions are evaluated later, nothing is lost)
         and other drafters catch up lazily (HedgeSpec App. B.5's system-efficient variant, **[reconstructed]**).
-    eval_budget : with ``eval_every="auto"``, the share of round time that evaluation may take.
+    eval_budget : with ``eval_every="auto"``, the share of round time that evaluation may take. Under the throughput
+        objective it also decides which model drafters a generation brings in: one whose catch-up on the prompt
+        (measured prefill seconds per token × prompt length) exceeds this share of the generation at plain-step speed
+        is left out (``stats.left_out``; see ``SpeculativeDecoder._joining``).
     prompt_warmup : the prompt warm start: full-information learners first see γ of every drafter at the prompt's
         last this many positions (the target and the drafters compute those logits during prefill anyway; only that
         many rows of their LM heads are added). 0 turns it off; None (default): 32 for a learner with the MAT
