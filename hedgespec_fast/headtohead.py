@@ -112,6 +112,17 @@ class Method:
     policy: str | None = None
     warm: bool = False  # hedgespec: one selector reused across the prompts (a server's setting), not one per prompt
     selector: object = None
+    without: tuple[str, ...] = ()  # hedgespec: drafters of the pool this method leaves out ("hedgespec~ngram-1")
+
+
+def variant_method(spec: str, names: list[str]) -> Method:
+    """A hedgespec policy spec, optionally with drafters left out of its pool: ``"hedgespec@eval_budget=0.2~ngram-1"``
+    runs that policy over the pool without ``ngram-1`` (an ablation within one run)."""
+    policy, *without = spec.split("~")
+    unknown = set(without) - set(names)
+    if unknown:
+        raise SystemExit(f"{spec!r} leaves out drafters the pool does not have: {sorted(unknown)}; it has {names}")
+    return Method(spec, "hedgespec", policy=policy, without=tuple(without))
 
 
 def default_methods(names: list[str], lm_drafters: list[str], hf_best_k: dict[str, int], draft_len: int) -> list:
@@ -155,7 +166,7 @@ def run_method(method: Method, target, drafters: dict, ids: torch.Tensor, *, max
             (config.num_assistant_tokens, config.num_assistant_tokens_schedule,
              config.assistant_confidence_threshold) = saved
     else:
-        pool = list(drafters.values())
+        pool = [d for name, d in drafters.items() if name not in method.without]
         policy = method.policy
         if method.warm:
             if method.selector is None:
@@ -352,7 +363,8 @@ def build_parser(parser):
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--methods", default=None, help="comma list of method names (default: all)")
     parser.add_argument("--variants", default="", help="more hedgespec policies to run, e.g. "
-                        "'hedgespec@prompt_warmup=0,hedgespec@eval_budget=0.2' (added to --methods)")
+                        "'hedgespec@prompt_warmup=0,hedgespec@eval_budget=0.2' (added to --methods); '~name' leaves "
+                        "a drafter out of that method's pool, e.g. 'hedgespec~ngram-1'")
     return parser
 
 
@@ -395,7 +407,7 @@ def main(args) -> dict:
     from .benchmark import split_policy_list
 
     variants = [v for v in split_policy_list(args.variants) if v not in {m.name for m in methods}]
-    methods += [Method(v, "hedgespec", policy=v) for v in variants]
+    methods += [variant_method(v, names) for v in variants]
     if args.methods:
         wanted = [w.strip() for w in args.methods.split(",") if w.strip()]
         unknown = set(wanted) - {m.name for m in methods}

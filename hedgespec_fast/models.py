@@ -10,7 +10,7 @@ drafters that need no training (int8 copies, an early-exit copy) made on the fly
 >>> models.fetch("qwen-coder")                       # or: hedgespec models fetch qwen-coder
 >>> tokenizer, target, drafters = models.load("qwen-coder")
 >>> list(drafters)
-['qwen-0.5b', 'qwen-0.5b-int8', 'qwen-1.5b-int8', 'ngram']
+['qwen-0.5b', 'qwen-0.5b-int8', 'qwen-1.5b-int8', 'ngram', 'ngram-1']
 
 Never commit what this writes: it is model weights. The recipe (packages, sizes, checksums) is all that ships.
 """
@@ -93,7 +93,7 @@ SMOLLM2 = GGUFSource(
 BUNDLES = {
     "qwen-coder": Bundle("qwen-coder", QWEN_15B, (QWEN_05B,),
                          "Qwen2.5-Coder 1.5B target; 0.5B drafter (bf16 and int8), the target in int8, n-gram lookup",
-                         derived=("qwen-0.5b-int8", "qwen-1.5b-int8", "ngram")),
+                         derived=("qwen-0.5b-int8", "qwen-1.5b-int8", "ngram", "ngram-1")),
     "smollm2": Bundle("smollm2", SMOLLM2, (),
                       "SmolLM2-135M target; its int8 copy, an early-exit copy, n-gram lookup (for tests)",
                       derived=("smollm2-int8", "smollm2-exit", "ngram")),
@@ -343,7 +343,8 @@ def load(name: str, dtype: torch.dtype = torch.bfloat16, device: str | torch.dev
     -------
     (tokenizer, target, drafters)
         the tokenizer; the target causal LM (eval mode); ``dict`` name → drafter: HF causal LMs (plain or int8) and
-        ``"ngram"`` (an :class:`~hedgespec_fast.NGramDrafter`), ready for ``hs.generate(drafters=list(...values()))``.
+        ``"ngram"`` (an :class:`~hedgespec_fast.NGramDrafter`; ``"ngram-1"`` falls back to 1-grams), ready for
+        ``hs.generate(drafters=list(...values()))``.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -375,6 +376,8 @@ def load(name: str, dtype: torch.dtype = torch.bfloat16, device: str | torch.dev
             out[drafter] = _model(stored[drafter], dtype).to(device)
         elif drafter == "ngram":
             out[drafter] = NGramDrafter()
+        elif drafter == "ngram-1":  # with HF prompt lookup's 1-gram fallback
+            out[drafter] = NGramDrafter((3, 2, 1), name=drafter)
         elif drafter.endswith("-int8"):
             base = drafter[: -len("-int8")]
             source = stored.get(base, bundle.target)

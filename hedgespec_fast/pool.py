@@ -129,8 +129,11 @@ class DrafterPool:
 
     @property
     def sleepers(self) -> tuple[int, ...]:
-        """Drafters that can have no proposal for the next position (n-gram lookup); see :meth:`awake`."""
-        return tuple(i for i, d in enumerate(self.drafters) if getattr(d, "has_proposal", None) is not None)
+        """Drafters that can have no proposal for the next position (n-gram lookup; see :meth:`awake`) and whose having
+        one defines the learner's contexts (``context``: not a lookup with a 1-gram fallback, which nearly always has
+        one; its arms are still asleep where it has none)."""
+        return tuple(i for i, d in enumerate(self.drafters)
+                     if getattr(d, "has_proposal", None) is not None and getattr(d, "context", True))
 
     def awake(self) -> list[bool] | None:
         """Which drafters have a proposal for the next position (None: all of them, as model drafters always do)."""

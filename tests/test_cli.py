@@ -109,3 +109,13 @@ def test_bench_reads_the_oracle_off_the_fixed_runs():
     for j, row in enumerate(fastest):
         per_token = [derived[f][j]["wall_s"] / derived[f][j]["new_tokens"] for f in fixed]
         assert row["oracle_choice"] == min(range(3), key=per_token.__getitem__)
+
+
+def test_bench_variant_leaving_out_a_drafter():
+    from hedgespec_fast.headtohead import variant_method
+
+    method = variant_method("hedgespec@eval_budget=0.2~ngram-1~qwen-1.5b-int8", ["qwen-1.5b-int8", "ngram", "ngram-1"])
+    assert (method.policy, method.without) == ("hedgespec@eval_budget=0.2", ("ngram-1", "qwen-1.5b-int8"))
+    assert variant_method("hedgespec", ["ngram"]).without == ()
+    with pytest.raises(SystemExit, match="does not have.*'ngram-2'"):
+        variant_method("hedgespec~ngram-2", ["ngram", "ngram-1"])

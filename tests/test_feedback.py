@@ -11,6 +11,7 @@ from hedgespec_fast.drafters import HFDrafter, NGramDrafter
 from hedgespec_fast.drafters.base import DraftContext
 from hedgespec_fast.feedback import Evaluator, onehot_acceptance
 from hedgespec_fast.logits import LogitsWarp
+from hedgespec_fast.pool import DrafterPool
 
 
 def full_logits(model, seq):
@@ -169,3 +170,30 @@ def test_evaluation_budget_follows_the_weight_on_what_it_informs():
     assert learner.evaluation_need([False, True]) == pytest.approx(
         float(sum(w for (i, k), w in zip(learner.arms, learner.weights_.tolist()) if k > 0 and i == 0)))
     assert hs.HedgeSpecSelector(2, objective="mat").evaluation_need([False, True]) == 1.0
+
+
+def test_a_lookup_with_a_1gram_fallback_does_not_define_contexts():
+    """A 1-gram fallback has a proposal nearly everywhere: it is no sleeper for the learner's contexts (which would
+    then be one), but its arms still sleep where it has none; an explicit ``context`` wins either way."""
+    assert NGramDrafter().context and not NGramDrafter((3, 2, 1)).context
+    assert NGramDrafter((3, 2, 1), context=True).context and not NGramDrafter(context=False).context
+    pool = DrafterPool([NGramDrafter(), NGramDrafter((3, 2, 1), name="ngram-1")])
+    assert pool.sleepers == (0,)  # negative control: both would count with the fallback defining contexts
+    assert DrafterPool([NGramDrafter(), NGramDrafter((3, 2, 1), context=True)]).sleepers == (0, 1)
+    pool.prefill(torch.tensor([[5, 6, 7, 8, 9]]))
+    assert pool.awake() == [False, False]  # "9" never occurred before: the fallback has nothing either
+    pool.commit(torch.tensor([6]), [6], [0, 0], None)
+    assert pool.awake() == [False, True]  # "9 6" is new, "6" was followed by 7
+
+
+def test_a_1gram_fallback_drafts_where_the_longer_lookup_stops():
+    seq = [4, 5, 6, 7, 1, 2, 3, 4, 5, 6, 7, 8, 3]
+    ids = torch.zeros((1, 40), dtype=torch.long)
+    ids[0, : len(seq)] = torch.tensor(seq)
+    drafts = {}
+    for sizes in ((3, 2), (3, 2, 1)):
+        drafter = NGramDrafter(sizes)
+        drafter.prefill(ids[:, : len(seq)])
+        drafts[sizes] = drafter.propose(4, DraftContext(ids, len(seq), LogitsWarp(), False, None)).tokens.tolist()
+    assert drafts[(3, 2)] == []  # "8 3" never occurred
+    assert drafts[(3, 2, 1)] == [4, 5, 6, 7]  # "3" was followed by 4, then "3 4" by 5, …

@@ -157,3 +157,17 @@ def test_static_caches_match_target_generate(setup, policy, tree):
         _, cache, graphed = graphs._KEPT[target]["target"]
         assert is_static(cache)
         assert graphed is None or graphed.reason == "CUDA graphs need a CUDA device"  # on CPU: the eager path
+
+
+@pytest.mark.parametrize("policy", ["hedgespec", "fixed:4", "hedgespec@objective=mat"])
+def test_a_lookup_with_a_1gram_fallback_matches_target_generate(setup, policy):
+    """Beside the plain lookup, one that falls back to 1-grams (HF prompt lookup's rule): it proposes nearly
+    everywhere, is no context for the learner, and changes nothing about the output."""
+    arch, target, drafters = setup
+    pool = drafters + [hs.NGramDrafter((3, 2, 1), name="ngram-1")]
+    assert policy != "fixed:4" or pool[4].name == "ngram-1"
+    for prompt in prompts():
+        ref = reference(target, prompt, max_new_tokens=24, eos_token_id=None)
+        out = hs.generate(target, prompt, drafters=pool, max_new_tokens=24, policy=policy, draft_len=6,
+                          eos_token_id=None, seed=3)
+        assert torch.equal(out.sequences, ref), f"{arch}/{policy}: speculative output differs"

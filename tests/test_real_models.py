@@ -89,17 +89,19 @@ def test_head_to_head_harness_runs_and_resumes(smollm2, tmp_path, sample):
     methods = "plain,hf-lookup,hf-assisted:smollm2-int8,hedgespec,hedgespec (warm),fixed:ngram"
     argv = ["bench", "--pool", "smollm2", "--categories", "coding", "--no-code", "--per-category", "1",
             "--max-new-tokens", "6", "--draft-len", "4", "--hf-ks", "", "--threads", "1", "--methods", methods,
-            "--variants", "hedgespec@prompt_warmup=0", "--out", str(tmp_path)]
+            "--variants", "hedgespec@prompt_warmup=0,hedgespec~smollm2-exit", "--out", str(tmp_path)]
     if sample:
         argv += ["--sample", "--temperature", "0.7"]
     cli.main(argv)
     table = json.loads((tmp_path / "summary.json").read_text())["table"]
-    assert set(table) >= set(methods.split(",")) | {"hedgespec@prompt_warmup=0"}
+    assert set(table) >= set(methods.split(",")) | {"hedgespec@prompt_warmup=0", "hedgespec~smollm2-exit"}
     assert all(e["tokens_per_s"] > 0 and "coding" in e["speedup_by_category"] for e in table.values())
     if not sample:
         assert all(e["mismatches"] == [] for m, e in table.items() if "mismatches" in e)
     assert (tmp_path / "speedup_by_category.png").stat().st_size > 0
     assert "Head to head" in (tmp_path / "results.md").read_text()
     lines = (tmp_path / "record.jsonl").read_text().splitlines()
+    pools = {r["method"]: len(r["drafter_counts"]) for r in map(json.loads, lines) if "drafter_counts" in r}
+    assert pools["hedgespec~smollm2-exit"] == pools["hedgespec"] - 1 == 2  # the ablation's pool lacks that drafter
     cli.main(argv)  # resumed: nothing generated twice
     assert (tmp_path / "record.jsonl").read_text().splitlines() == lines

@@ -19,19 +19,26 @@ class NGramDrafter:
 
     Parameters
     ----------
-    ngram_sizes : n-gram lengths to match, tried longest first.
+    ngram_sizes : n-gram lengths to match, tried longest first. ``(3, 2, 1)`` adds HF prompt lookup's 1-gram
+        fallback: a proposal almost everywhere, nearly free where verifying more tokens costs nothing (a GPU, a bf16
+        CPU), a weak guess that costs a verified token each where it does not (an fp32 CPU).
     name : label in stats.
+    context : whether having a proposal or not says something about the text, so that the throughput learner splits
+        its arms into specialists for "some lookup matches" and "none does" (``ExpertPolicy``'s contexts). Default:
+        only when every n is at least 2 (a 1-gram fallback matches nearly everywhere, so it would leave one context
+        only and take the split's information away from the other drafters).
     """
 
     vocab_size = None  # proposes token ids from the sequence: compatible with any vocabulary
     free_beliefs = True  # its beliefs cost a dictionary lookup: evaluated every round, whatever the schedule
 
-    def __init__(self, ngram_sizes: Sequence[int] = (3, 2), name: str = "ngram"):
+    def __init__(self, ngram_sizes: Sequence[int] = (3, 2), name: str = "ngram", context: bool | None = None):
         sizes = sorted({int(n) for n in ngram_sizes}, reverse=True)
         if not sizes or sizes[-1] < 1:
             raise ValueError(f"ngram_sizes must be positive integers, got {ngram_sizes!r}")
         self.sizes = sizes
         self.name = name
+        self.context = sizes[-1] >= 2 if context is None else bool(context)
         self.seq: list[int] = []
         self.index: dict[int, dict[tuple, int]] = {}
 
