@@ -58,7 +58,7 @@ class SpecConfig:
     eval_budget : with ``eval_every="auto"``, the share of round time that evaluation may take. Under the throughput
         objective it also decides which model drafters a generation brings in: one whose catch-up on the prompt
         (measured prefill seconds per token × prompt length) exceeds this share of the generation at plain-step speed
-        is left out (``stats.left_out``; see ``SpeculativeDecoder._joining``).
+        is left out (``stats.left_out``); the others join by the break-even rule of :class:`~.joining.Joining`.
     prompt_warmup : the prompt warm start: full-information learners first see γ of every drafter at the prompt's
         last this many positions (the target and the drafters compute those logits during prefill anyway; only that
         many rows of their LM heads are added). 0 turns it off; None (default): 32 for a learner with the MAT

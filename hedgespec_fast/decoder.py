@@ -11,6 +11,7 @@ from .cost import CostModel, shared_cost_model
 from .drafters.base import DraftContext
 from .feedback import EvaluationSchedule, Evaluator, PromptScores
 from .graphs import static_cache_for
+from .joining import Joining
 from .learners.base import Policy, RoundOutcome
 from .logits import LogitsWarp
 from .modeling import forward_logits
@@ -95,11 +96,11 @@ class SpeculativeDecoder:
         if start_len > 1:  # with the warm start, the target's logits at the prompt's last `warm` positions are kept
             prompt_rows = forward_logits(self.target, ids[0, : start_len - 1], cache, keep=max(warm, 1))
         prompt = PromptScores(self.evaluator, prompt_rows, self.warp, ids, start_len, len(pool)) if warm else None
-        lazy, left_out = self._joining(policy, costs, start_len)
-        steps = pool.prefill(ids[:, :start_len], calibrate=[i for i in costs.uncalibrated() if i not in lazy],
+        joining = Joining.plan(policy, costs, len(pool), start_len, self.max_length, cfg.eval_budget,
+                               automatic=self.schedule.every == "auto" and not cfg.record_gamma)
+        steps = pool.prefill(ids[:, :start_len], calibrate=[i for i in costs.uncalibrated() if i not in joining.lazy],
                              beliefs=warm, on_beliefs=prompt.score if prompt else None, cache_len=cache_len,
-                             lazy=lazy, on_prefill=costs.observe_prefill)
-        stats.left_out = [pool.names[i] for i in sorted(left_out)]
+                             lazy=joining.lazy, on_prefill=costs.observe_prefill)
         for i, seconds in steps.items():
             costs.observe_draft(i, 1, seconds)
         if prompt is not None:  # full information on the user's own text, before the first draft
@@ -111,7 +112,7 @@ class SpeculativeDecoder:
 
         while not finished:
             marks = [timer.mark("select")]
-            chosen = policy.choose(self._awake(left_out))
+            chosen = policy.choose(self._awake(joining.out))
             stats.host_syncs += policy.host_syncs_per_choice
             wanted = policy.draft_length()  # 0: the throughput learner's "no draft" arm
             budget = min(wanted, self.max_length - length - 1)
@@ -166,8 +167,8 @@ class SpeculativeDecoder:
                 if wants and self.schedule.every == "auto" and not cfg.record_gamma:  # (an explicit eval_every: all)
                     targets = policy.evaluation_targets(pool.free)
                     wants = wants if targets is None else [True if t else None for t in targets]
-                if left_out:  # nobody asks for their beliefs: they stay out, computing nothing
-                    wants = [None if i in left_out else (wants[i] if isinstance(wants, list) else wants)
+                if joining.out:  # nobody asks for their beliefs: they stay out, computing nothing
+                    wants = [None if i in joining.out else (wants[i] if isinstance(wants, list) else wants)
                              for i in range(len(pool))]
                 beliefs = pool.commit(emitted, emitted_list, accepted_by, wants)
                 if decision == "evaluate":
@@ -197,8 +198,11 @@ class SpeculativeDecoder:
             stats.drafted_tokens += k
             stats.accepted_tokens += n_accepted
             length += m
+            joining.after_round(costs, d + 1, m, length, settled=not owed)
 
         stats.new_tokens = length - start_len
+        stats.left_out = [pool.names[i] for i in sorted(joining.out)]
+        stats.joined = {pool.names[i]: at - start_len for i, at in joining.joined.items()}
         stats.wall_s = time.perf_counter() - t0 if device.type != "cuda" else self._cuda_wall(t0)
         self._finish_records(stats, timer, marks_per_round)
         stats.costs = costs.summary()
@@ -220,28 +224,6 @@ class SpeculativeDecoder:
                 if any(bool(crit(prefix, None).any()) for crit in self.stopping):
                     return emitted[: j + 1], True
         return emitted, False
-
-    def _joining(self, policy: Policy, costs: CostModel, prompt_len: int) -> tuple[set[int], set[int]]:
-        """``(lazy, left_out)``: the drafters that take the prompt in only when first needed, and those this generation
-        does without.
-
-        Drafters the policy never chooses are lazy (they compute nothing unless γ is recorded). Under the throughput
-        objective with the automatic schedule, a model drafter whose catch-up on the prompt (its measured prefill
-        seconds per token × the prompt) would cost more than ``eval_budget`` of the whole generation at plain-step
-        speed (new tokens × verify[1]) is left out: its arms are asleep (never played) and it is never evaluated.
-        Bringing it in is the evaluation's first and largest cost, and the budget is what the user allows evaluation;
-        a long answer (or a short prompt) makes room for it. Measured on the Qwen pool (bf16 target, CPU): the target's
-        int8 copy takes 3.5 s to prefill a 700-token prompt, more than it could give back over 64 new tokens."""
-        n = len(self.pool)
-        used = policy.drafters_used()
-        lazy = set() if used is None else set(range(n)) - set(used)
-        step = costs.verify_seconds(1)
-        if step is None or not policy.full_information or self.schedule.every != "auto" or self.config.record_gamma \
-                or getattr(policy, "objective", None) != "throughput":
-            return lazy, set()
-        budget = self.config.eval_budget * (self.max_length - prompt_len) * step
-        left_out = {i for i in range(n) if (costs.catch_up_seconds(i, prompt_len) or 0.0) > budget}
-        return lazy | left_out, left_out
 
     def _awake(self, left_out: set[int]) -> list[bool] | None:
         """Which drafters can be chosen now: those with a proposal (:meth:`DrafterPool.awake`) and not left out."""

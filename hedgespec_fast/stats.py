@@ -92,7 +92,8 @@ class GenerationStats:
     costs: dict | None = None  # the cost model's estimates at the end (ms), see hedgespec_fast.cost
     evaluations: int = 0  # rounds whose full-information evaluation ran
     prompt_positions: int = 0  # prompt positions the learner saw before round one (the prompt warm start)
-    left_out: list = field(default_factory=list)  # drafters not brought in: catching up would cost over the budget
+    left_out: list = field(default_factory=list)  # drafters never brought in (hedgespec_fast.joining)
+    joined: dict = field(default_factory=dict)  # drafters brought in during the generation → new tokens by then
 
     @property
     def mean_accepted(self) -> float:

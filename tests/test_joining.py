@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_throughput import fixed_costs
 from tiny import noisy_copy, tiny_model
 
 import hedgespec_fast as hs
 from hedgespec_fast.cost import CostModel, shared_cost_model
 from hedgespec_fast.drafters.base import DraftContext
 from hedgespec_fast.drafters.hf import HFDrafter
+from hedgespec_fast.joining import Joining
 from hedgespec_fast.learners.static import Fixed
 from hedgespec_fast.logits import LogitsWarp
 from hedgespec_fast.pool import DrafterPool
@@ -91,8 +93,9 @@ def test_a_fixed_policy_never_runs_the_other_drafters(pool):
 
 
 def test_a_drafter_too_dear_to_bring_in_is_left_out(pool):
-    """Catch-up (prefill seconds per token × prompt) over eval_budget × new tokens × verify[1]: left out. The same
-    drafter, with twice the new tokens (so the budget covers it), is brought in: the boundary is the stated rule."""
+    """Catch-up (prefill seconds per token × prompt) over eval_budget × new tokens × verify[1]: left out of the whole
+    generation, never run. With twice the new tokens (so the budget covers it) the same drafter waits instead (the
+    boundary is the stated rule), and whether or when it joins, the output is target.generate()'s."""
     target, drafters = pool
     hs.generate(target, PROMPT, drafters=drafters, max_new_tokens=16, eos_token_id=None, seed=0)  # calibrates
     costs = shared_cost_model(target, DrafterPool(drafters).key, len(drafters))
@@ -102,7 +105,11 @@ def test_a_drafter_too_dear_to_bring_in_is_left_out(pool):
         step = costs.verify_seconds(1)
         budget_16 = 0.1 * 16 * step  # eval_budget (default 0.1) × 16 new tokens × a plain step
         costs.prefill[1] = 1.5 * budget_16 / PROMPT.shape[1]  # catch-up = 1.5 × the 16-token budget
-        costs.prefill[0] = 0.0  # drafter 0 (as large as the target here) always fits, whatever the clocks said
+        costs.prefill[0] = 0.0  # drafter 0 (as large as the target here) joins at once, whatever the clocks said
+        policy = hs.HedgeSpecSelector(len(drafters))
+        policy.begin(len(drafters), 8, costs=costs)
+        plan = Joining.plan(policy, costs, len(drafters), PROMPT.shape[1], PROMPT.shape[1] + new, 0.1, True)
+        assert (plan.never, set(plan.waiting)) == (({1}, set()) if new == 16 else (set(), {1}))  # 0: in at once
         calls, hooks = counting(drafters[:2])
         try:
             out = hs.generate(target, PROMPT, drafters=drafters, max_new_tokens=new, eos_token_id=None, seed=0)
@@ -114,8 +121,63 @@ def test_a_drafter_too_dear_to_bring_in_is_left_out(pool):
         results[new] = (out.stats, calls)
     stats, calls = results[16]
     assert stats.left_out == [names[1]] and calls[1] == 0 and stats.drafter_counts[1] == 0
+    assert names[0] not in [*stats.joined, *stats.left_out] and calls[0] > 0  # free to join: in from the start
     stats, calls = results[32]
-    assert stats.left_out == [] and calls[1] > 0
+    assert (names[1] in stats.joined) == (calls[1] > 0) and (names[1] in stats.left_out) != (names[1] in stats.joined)
+
+
+def test_a_waiting_drafter_joins_when_what_it_could_have_saved_reaches_its_price():
+    """The ski-rental rule on known costs: verify(n) = 1 + 0.02 n s, drafter 0 drafts at 0.1 s a token, so its best
+    conceivable seconds per token is min_K C(0, K) / (K + 1) (at K = 8: (1.18 + 0.8 + 0.1) / 9); each round adds the
+    round's verification minus its tokens at that rate. It joins at the first settled round whose rent reaches
+    prefill rate × length; never before, and a round that emitted as fast as the drafter conceivably could adds
+    nothing."""
+    costs = fixed_costs(1, [0.1])
+    costs.prefill[0] = 0.01  # catch-up: 10 ms per committed token
+    policy = hs.HedgeSpecSelector(1)
+    policy.begin(1, 8, costs=costs)
+    plan = Joining.plan(policy, costs, 1, 100, 200, 0.1, True)
+    best = min(float(costs.arm_seconds([(0, k)])[0]) / (k + 1) for k in policy.draft_lens)
+    assert plan.waiting == {0: (0.01, pytest.approx(best))} and plan.out == {0} and plan.lazy == {0}
+    assert best == pytest.approx((1.0 + 0.02 * 9 + 0.8 + 0.1) / 9)
+    assert Joining.plan(policy, costs, 1, 1, 200, 0.1, True).out == set()  # a price one plain step repays: in
+    length, rent = 100, 0.0
+    assert plan.after_round(costs, 9, 9, length + 9, settled=True) == []  # 9 tokens in 1.18 s: as fast as it gets
+    length += 9
+    assert plan.rent[0] == pytest.approx(max(0.0, 1.18 - 9 * best)) == 0.0
+    while True:  # plain steps: each could at best have been 1 token at `best` instead of a 1.02 s step
+        length += 1
+        rent += 1.02 - best
+        joined = plan.after_round(costs, 1, 1, length, settled=(length % 2 == 0))
+        assert plan.rent[0] == pytest.approx(rent)
+        if joined:
+            break
+        assert plan.out == {0} and not (rent >= 0.01 * length and length % 2 == 0)
+    assert joined == [0] and plan.out == set() and plan.joined == {0: length}
+    assert rent >= 0.01 * length and length % 2 == 0  # the rule, at a settled round
+    assert plan.after_round(costs, 1, 1, length + 1, settled=True) == []  # once in, in
+
+
+def test_a_drafter_that_joins_mid_generation_is_exact_and_scored(pool):
+    """Joining after some rounds, with evaluation batches under way: the drafter catches up on the text it sat out
+    (one forward), then drafts and is evaluated like the others; the output is target.generate()'s (a drafter that
+    joined inside a batch once returned too few belief rows: joins wait for a settled round)."""
+    target, drafters = pool
+    hs.generate(target, PROMPT, drafters=drafters, max_new_tokens=8, eos_token_id=None, seed=0)  # calibrates
+    costs = shared_cost_model(target, DrafterPool(drafters).key, len(drafters))
+    ref = target.generate(PROMPT, do_sample=False, max_new_tokens=40, eos_token_id=None)
+    names = DrafterPool(drafters).names
+    joined_at = []
+    for scale in (0.0, 0.5, 2.0):  # catch-up prices from nothing to several plain steps
+        step = costs.verify_seconds(1)
+        costs.prefill[0] = costs.prefill[1] = scale * step / PROMPT.shape[1]
+        out = hs.generate(target, PROMPT, drafters=drafters, max_new_tokens=40, eos_token_id=None, seed=0)
+        assert torch.equal(out.sequences, ref), scale
+        joined_at.append(out.stats.joined.get(names[0]))
+        assert scale == 0.0 or set(out.stats.joined) | set(out.stats.left_out) >= {names[0], names[1]}
+        if scale == 0.0:  # a free catch-up: in from the start, never waiting
+            assert out.stats.joined == {} and out.stats.left_out == []
+    assert any(at is not None and at > 0 for at in joined_at[1:]), joined_at  # a dear one later, mid-generation
 
 
 def test_nothing_is_left_out_where_the_rule_does_not_apply(pool):

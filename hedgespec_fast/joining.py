@@ -1,0 +1,80 @@
+"""Which model drafters a generation brings in, and when: a drafter's first cost is catching up on the text, and a
+drafter that could never repay it should not pay it."""
+from __future__ import annotations
+
+from .cost import CostModel
+
+
+class Joining:
+    """The drafters out of play in a generation, and the rule that brings them in.
+
+    Under the throughput objective with the automatic evaluation schedule (and not ``record_gamma``), a model drafter
+    whose catch-up price is known (measured prefill seconds per token, CPU clocks) starts out of play:
+
+    - **never** in this generation when catching up on the prompt would cost more than ``eval_budget`` of the whole
+      generation at plain-step speed (``eval_budget × new tokens × verify[1]``): the budget is what the user allows
+      evaluation, and bringing a drafter in is its first and largest cost;
+    - otherwise **waiting**, and it joins by the ski-rental break-even rule. Each round adds to drafter i's rent what
+      it could at most have saved there: the round's verification seconds minus its emitted tokens at drafter i's
+      best conceivable seconds per token, ``c_i = min_K C(i, K) / (K + 1)`` (every draft token accepted). It joins
+      once the rent reaches its price, the catch-up on the text so far (prefill rate × length); one whose price one
+      plain step could repay (``verify[1] − c_i``) is in from the start. Waiting can cost at
+      most about the price (what the drafter could have saved before joining), and a drafter that joins has cost at
+      most twice what joining at once would have: the deterministic ski-rental bound. Until then it costs nothing.
+
+    A drafter out of play has its arms asleep (never chosen), is never evaluated and keeps only a backlog (lazy
+    prefill): when it joins, its first forward catches up on the text, and the sleeping-experts learner scores it from
+    then on. Measured on the Qwen pool (bf16 target, a 2-core CPU): prefilling a 0.5B int8 drafter and the target's
+    int8 copy on every prompt cost 0.3–1.1 s a prompt, more than the drafters gave back on most of them.
+
+    Drafters the policy never chooses (a fixed policy's others) are lazy and stay out of the rule.
+    """
+
+    def __init__(self, lazy: set[int], never: set[int], waiting: dict[int, tuple[float, float]]):
+        self.lazy, self.never = lazy, never
+        self.waiting = waiting  # drafter → (catch-up seconds per token, best seconds per emitted token)
+        self.rent = dict.fromkeys(waiting, 0.0)
+        self.joined: dict[int, int] = {}  # drafter → committed length when it joined
+        self.out = never | set(waiting)
+
+    @classmethod
+    def plan(cls, policy, costs: CostModel, n_drafters: int, prompt_len: int, max_length: int, eval_budget: float,
+             automatic: bool) -> Joining:
+        used = policy.drafters_used()
+        lazy = set() if used is None else set(range(n_drafters)) - set(used)
+        step = costs.verify_seconds(1)
+        if step is None or not automatic or not policy.full_information or \
+                getattr(policy, "objective", None) != "throughput":
+            return cls(lazy, set(), {})
+        budget = eval_budget * (max_length - prompt_len) * step
+        lens = getattr(policy, "draft_lens", ()) or (1,)
+        seconds = costs.arm_seconds([(i, k) for i in range(n_drafters) for k in lens])
+        never, waiting = set(), {}
+        for i in sorted(set(range(n_drafters)) - lazy):
+            rate = costs.prefill[i]
+            if rate is None:  # never measured (a first call, a CUDA drafter): in at once, and measured
+                continue
+            best = min(float(seconds[i * len(lens) + j]) / (k + 1) for j, k in enumerate(lens))
+            if rate * prompt_len > budget:
+                never.add(i)
+            elif rate * prompt_len > step - best:  # (else one round could repay it: in at once)
+                waiting[i] = (rate, best)
+        return cls(lazy | never | set(waiting), never, waiting)
+
+    def after_round(self, costs: CostModel, verified: int, emitted: int, length: int, settled: bool) -> list[int]:
+        """Charge the round's rent (a verification of ``verified`` tokens that emitted ``emitted``) and, when
+        ``settled`` (no evaluation owes positions: a drafter joining mid-batch would lack the batch's first beliefs),
+        bring in the drafters whose rent reached their catch-up on ``length`` committed tokens; returns those."""
+        if not self.waiting:
+            return []
+        round_seconds = costs.verify_seconds(verified) or 0.0
+        joined = []
+        for i, (rate, best) in list(self.waiting.items()):
+            self.rent[i] += max(0.0, round_seconds - emitted * best)
+            if settled and self.rent[i] >= rate * length:
+                del self.waiting[i]
+                self.joined[i] = length
+                joined.append(i)
+        if joined:
+            self.out = self.never | set(self.waiting)
+        return joined
