@@ -59,6 +59,8 @@ class SpecConfig:
         objective it also decides which model drafters a generation brings in: one whose catch-up on the prompt
         (measured prefill seconds per token × prompt length) exceeds this share of the generation at plain-step speed
         is left out (``stats.left_out``); the others join by the break-even rule of :class:`~.joining.Joining`.
+    join : ``"auto"`` (that rule, where it applies) or ``"eager"`` (every drafter the policy may choose takes the
+        prompt in before round one and stays in: a server that wants every drafter scored, an ablation).
     prompt_warmup : the prompt warm start: full-information learners first see γ of every drafter at the prompt's
         last this many positions (the target and the drafters compute those logits during prefill anyway; only that
         many rows of their LM heads are added). 0 turns it off; None (default): 32 for a learner with the MAT
@@ -90,6 +92,7 @@ class SpecConfig:
     choice: str = "sample"
     eval_every: Any = None
     eval_budget: float = 0.1
+    join: str = "auto"
     prompt_warmup: int | None = None
     skip_eval_above: float = 1.0
     seed: int | None = None
@@ -120,6 +123,8 @@ class SpecConfig:
         if self.prompt_warmup is not None and (isinstance(self.prompt_warmup, bool) or
                                                not isinstance(self.prompt_warmup, int) or self.prompt_warmup < 0):
             raise ValueError(f"prompt_warmup must be an int >= 0 or None, got {self.prompt_warmup!r}")
+        if self.join not in ("auto", "eager"):
+            raise ValueError(f"join must be 'auto' or 'eager', got {self.join!r}")
         if not 0.0 < self.eval_budget <= 1.0:
             raise ValueError(f"eval_budget must be in (0, 1], got {self.eval_budget!r}")
         parse_tree(self.tree)  # a bad tree spec fails here, with the reason

@@ -97,7 +97,7 @@ class SpeculativeDecoder:
             prompt_rows = forward_logits(self.target, ids[0, : start_len - 1], cache, keep=max(warm, 1))
         prompt = PromptScores(self.evaluator, prompt_rows, self.warp, ids, start_len, len(pool)) if warm else None
         joining = Joining.plan(policy, costs, len(pool), start_len, self.max_length, cfg.eval_budget,
-                               automatic=self.schedule.every == "auto" and not cfg.record_gamma)
+                               automatic=cfg.join == "auto" and self.schedule.every == "auto" and not cfg.record_gamma)
         steps = pool.prefill(ids[:, :start_len], calibrate=[i for i in costs.uncalibrated() if i not in joining.lazy],
                              beliefs=warm, on_beliefs=prompt.score if prompt else None, cache_len=cache_len,
                              lazy=joining.lazy, on_prefill=costs.observe_prefill)

@@ -57,7 +57,7 @@ class Joining:
             best = min(float(seconds[i * len(lens) + j]) / (k + 1) for j, k in enumerate(lens))
             if rate * prompt_len > budget:
                 never.add(i)
-            elif rate * prompt_len > step - best:  # (else one round could repay it: in at once)
+            elif rate * prompt_len > max(0.0, step - best):  # (else one round could repay it: in at once)
                 waiting[i] = (rate, best)
         return cls(lazy | never | set(waiting), never, waiting)
 

@@ -73,6 +73,8 @@ def test_bad_spec_options(target):
         gen(target, [hs.NGramDrafter()], draft_len=-1)
     with pytest.raises(TypeError, match="unknown speculative option"):
         hs.SpecConfig.from_kwargs(draftlen=3)
+    with pytest.raises(ValueError, match="join must be 'auto' or 'eager', got 'lazy'"):
+        gen(target, [hs.NGramDrafter()], policy="hedgespec@join=lazy")
 
 
 def test_nan_target_logits(target):

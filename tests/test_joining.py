@@ -181,15 +181,16 @@ def test_a_drafter_that_joins_mid_generation_is_exact_and_scored(pool):
 
 
 def test_nothing_is_left_out_where_the_rule_does_not_apply(pool):
-    """An explicit eval_every, the MAT objective or record_gamma: every drafter is brought in, whatever it costs."""
+    """An explicit eval_every, the MAT objective, record_gamma or join="eager": every drafter is brought in, whatever it
+    costs."""
     target, drafters = pool
     costs = shared_cost_model(target, DrafterPool(drafters).key, len(drafters))
     for kwargs in (dict(spec_config=hs.SpecConfig(eval_every=2)), dict(objective="mat"),
-                   dict(spec_config=hs.SpecConfig(record_gamma=True))):
+                   dict(spec_config=hs.SpecConfig(record_gamma=True)), dict(policy="hedgespec@join=eager")):
         hs.generate(target, PROMPT, drafters=drafters, max_new_tokens=8, eos_token_id=None, **kwargs)
         costs.prefill[1] = 1e6  # far beyond any budget
         out = hs.generate(target, PROMPT, drafters=drafters, max_new_tokens=8, eos_token_id=None, **kwargs)
-        assert out.stats.left_out == [], kwargs
+        assert out.stats.left_out == [] and out.stats.joined == {}, kwargs
 
 
 def test_cost_model_prefill_rate():
