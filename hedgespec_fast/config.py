@@ -59,6 +59,11 @@ class SpecConfig:
         objective it also decides which model drafters a generation brings in: one whose catch-up on the prompt
         (measured prefill seconds per token × prompt length) exceeds this share of the generation at plain-step speed
         is left out (``stats.left_out``); the others join by the break-even rule of :class:`~.joining.Joining`.
+    draft_stop : a confidence stop for model drafters' chains (HF assisted generation's
+        ``assistant_confidence_threshold`` is 0.4): a chain ends before the first position where the drafter's top
+        probability is below this, so a draft is cut where it turns to guessing and no drafting step is spent past
+        it. Feedback counts the stop (γ is 0 past it, see ``feedback.Evaluator``), so the learner scores the chains
+        it really gets. Chains only (trees ignore it); one host read per drafted token on CUDA. None: off.
     join : ``"auto"`` (that rule, where it applies) or ``"eager"`` (every drafter the policy may choose takes the
         prompt in before round one and stays in: a server that wants every drafter scored, an ablation).
     prompt_warmup : the prompt warm start: full-information learners first see γ of every drafter at the prompt's
@@ -93,6 +98,7 @@ class SpecConfig:
     eval_every: Any = None
     eval_budget: float = 0.1
     join: str = "auto"
+    draft_stop: float | None = None
     prompt_warmup: int | None = None
     skip_eval_above: float = 1.0
     seed: int | None = None
@@ -123,6 +129,10 @@ class SpecConfig:
         if self.prompt_warmup is not None and (isinstance(self.prompt_warmup, bool) or
                                                not isinstance(self.prompt_warmup, int) or self.prompt_warmup < 0):
             raise ValueError(f"prompt_warmup must be an int >= 0 or None, got {self.prompt_warmup!r}")
+        if self.draft_stop is not None and (isinstance(self.draft_stop, bool) or
+                                            not isinstance(self.draft_stop, (int, float)) or
+                                            not 0.0 <= self.draft_stop < 1.0):
+            raise ValueError(f"draft_stop must be a probability in [0, 1) or None, got {self.draft_stop!r}")
         if self.join not in ("auto", "eager"):
             raise ValueError(f"join must be 'auto' or 'eager', got {self.join!r}")
         if not 0.0 < self.eval_budget <= 1.0:

@@ -61,7 +61,10 @@ class SpeculativeDecoder:
         self.eos_ids, self.stopping, self.nvtx = set(eos_ids), list(stopping), nvtx
         # The seam between the round and its shape: a chain, a draft tree, or several drafts merged into a tree.
         self.speculation = make_speculation(config.tree, config.draft_len, target, pool, warp, do_sample)
-        self.evaluator = Evaluator(warp, do_sample, config.backend, top_l=self.speculation.top_l)
+        # the confidence stop cuts chains (trees have their own budget rules)
+        self.draft_stop = config.draft_stop if isinstance(self.speculation, ChainSpeculation) else None
+        self.evaluator = Evaluator(warp, do_sample, config.backend, top_l=self.speculation.top_l,
+                                   min_confidence=self.draft_stop)
         self.schedule = EvaluationSchedule(config.eval_every, config.eval_budget, max_rounds=MAX_DEFERRED_ROUNDS,
                                            max_positions=MAX_DEFERRED_POSITIONS)
 
@@ -120,8 +123,10 @@ class SpeculativeDecoder:
 
             marks.append(timer.mark("draft"))
             stop = self._counting(policy.stop_rule(), stats)
-            ctx = DraftContext(ids, length, self.warp, self.do_sample, generator, stop)
+            ctx = DraftContext(ids, length, self.warp, self.do_sample, generator, stop, self.draft_stop)
             k = spec.draft(chosen, budget, ctx, policy.weights)  # draft tokens (chain length or tree nodes)
+            if self.draft_stop is not None and budget and not pool.free[chosen]:  # one read per confidence check
+                stats.host_syncs += min(k + 1, budget)
 
             marks.append(timer.mark("verify"))
             verified = spec.verify(cache, generator)  # one target forward, the lossless rule, packed on device
@@ -181,7 +186,7 @@ class SpeculativeDecoder:
             marks.append(timer.mark("update"))
             policy.update(RoundOutcome(chosen, k, n_accepted, m, draft_len, gamma, block_reward, awake,
                                        skipped=tracks and gamma is None and decision == "skip",
-                                       start=length if chain else None, gamma_start=gamma_start))
+                                       start=length if chain else None, gamma_start=gamma_start, asked=budget))
             if tracks and decision == "evaluate":  # the next evaluation, planned from what this one taught
                 self.schedule.evaluated(batch, costs, policy.evaluation_need(pool.free))
             marks.append(timer.mark(None))

@@ -27,10 +27,16 @@ class Evaluator:
     top_l : draft trees with the drafter's top-L children at every node: γ is the top-L mass (``topl``: Σ_{v ∈ TopL(q)}
         p(v), the chance that one of the L children is accepted; greedy: 1{argmax p ∈ TopL(q)}), ALGORITHMS.md §3.
         None = chains.
+    min_confidence : the generation's confidence stop (``SpecConfig.draft_stop``): a model drafter's chain ends before
+        a position whose top probability is below it, so γ there is 0 for a chain, whatever p and q agree on:
+        γ'_s = γ_s · 1{max q_s ≥ τ}. With it ÂL = 1 + Σ_K Π γ' is the expected length of the chains the drafter
+        really drafts (a rule of the prefix alone), and the learner weighs the arms it plays.
     """
 
-    def __init__(self, warp: LogitsWarp, do_sample: bool, backend: str = "auto", top_l: int | None = None):
+    def __init__(self, warp: LogitsWarp, do_sample: bool, backend: str = "auto", top_l: int | None = None,
+                 min_confidence: float | None = None):
         self.warp = warp
+        self.min_confidence = min_confidence
         self.chain_mode = "tv" if do_sample else "greedy"  # deterministic beliefs (n-gram) propose one token
         self.mode = self.chain_mode if top_l is None else ("topl" if do_sample else "topl_greedy")
         self.top_l = 1 if top_l is None else top_l
@@ -57,6 +63,7 @@ class Evaluator:
         token_rows = [i for i, b in enumerate(beliefs) if b is not None and b.logits is None]
         if model_rows:
             stacked = torch.stack([beliefs[i].logits for i in model_rows])  # [n, m, V]
+            q = None
             if self.warp.temperature_only is not None:
                 # Temperature is the whole warp: the kernel reads the raw logits and divides in-kernel.
                 g = kernels.acceptance_probs(target_raw, stacked, temperature=self.warp.temperature_only,
@@ -65,6 +72,11 @@ class Evaluator:
                 q = self.warp(ids, stacked, start)
                 g = kernels.acceptance_probs(target_warped, q, temperature=1.0, mode=self.mode, top_l=self.top_l,
                                              backend=self.backend)
+            if self.min_confidence is not None:
+                if q is None:
+                    q = stacked.float() / self.warp.temperature_only
+                confident = q.float().softmax(dim=-1).amax(dim=-1) >= self.min_confidence  # [n, m], as the drafter
+                g = g * confident
             gamma[model_rows] = g.nan_to_num(nan=0.0)  # a drafter with NaN logits is never accepted
         if token_rows:
             tokens = torch.stack([beliefs[i].tokens for i in token_rows])  # [n, m], -1 = no proposal

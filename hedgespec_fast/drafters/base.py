@@ -53,6 +53,7 @@ class DraftContext:
     do_sample: bool
     generator: torch.Generator | None
     stop: Callable | None = None  # stop(probs_row [V]) -> bool: end the draft after this token
+    min_confidence: float | None = None  # end a model drafter's chain before a position whose top probability is lower
 
 
 @runtime_checkable

@@ -126,6 +126,8 @@ class HFDrafter:
         drafted = 0
         for j in range(k):
             warped = ctx.warp(ctx.ids, steps[j][row], start + j)  # [1, V]
+            if ctx.min_confidence is not None and float(warped.float().softmax(dim=-1).max()) < ctx.min_confidence:
+                break  # unsure here: the chain ends before this position (a rule of the prefix alone: lossless)
             if ctx.do_sample:
                 p = warped.softmax(dim=-1)
                 token = self._sample(p, ctx.generator)

@@ -29,6 +29,9 @@ class RoundOutcome:
         drafted chain's own outcome is an observation of the played arm (see ``ExpertPolicy``).
     gamma_start : sequence index of ``gamma``'s first column (earlier than ``start`` when deferred rounds are
         evaluated with this one).
+    asked : the draft length the policy asked for (None: ``drafted``). A chain that ended earlier by a rule of its
+        prefix alone (the lookup ran out of matches, the drafter's confidence fell) is what every shorter ask at
+        least ``drafted`` long would have drafted too.
     """
 
     chosen: int
@@ -42,6 +45,7 @@ class RoundOutcome:
     skipped: bool = False
     start: int | None = None
     gamma_start: int | None = None
+    asked: int | None = None
 
 
 class Policy(nn.Module):

@@ -333,8 +333,9 @@ class ExpertPolicy(Policy):
         throughput = self.objective == "throughput"
         if throughput and not self.draft_lens:  # K_max = 0: the no-draft arm alone, nothing to learn
             return
-        if throughput and outcome.start is not None and outcome.drafted > 0:
-            self._played.append((outcome.start, outcome.chosen, outcome.drafted, outcome.accepted))
+        asked = outcome.drafted if outcome.asked is None else max(outcome.asked, outcome.drafted)
+        if throughput and outcome.start is not None and asked > 0:
+            self._played.append((outcome.start, outcome.chosen, asked, outcome.accepted))
             del self._played[:-MAX_PLAYED]
         if outcome.skipped:
             if throughput and not self.sleepers and outcome.gamma_start is not None:
@@ -409,8 +410,9 @@ class ExpertPolicy(Policy):
 
     def _observed(self, first: int | None, released: int) -> list[tuple[int, int, int]]:
         """``(window, base arm, tokens)`` for the played chains whose first position is among the released windows:
-        a chain of drafter i drafted to length k that had n tokens accepted is an outcome of every arm (i, K ≤ k)
-        at its first position, 1 + min(n, K) tokens (the K-draft is the k-draft's prefix). That sample is unbiased
+        a chain of drafter i asked for k tokens that had n accepted is an outcome of every arm (i, K ≤ k) at its first
+        position, 1 + min(n, K) tokens (the K-draft is the k-draft's prefix; a chain that ended early by a rule of its
+        prefix, a lookup without a match or a confidence stop, ends there for every K too). That sample is unbiased
         (which K are observed is fixed before the outcome), so where evaluation skipped drafter i the learner still
         scores the arm it played, at no cost; a window it did evaluate keeps γ's expectation (NaN-only fill)."""
         if first is None or not self._played:
