@@ -23,10 +23,16 @@ many tokens drafted, how many the target verified, how many positions were evalu
   verification after it slower than after a plain step or an n-gram lookup. Neither shows in ``draft[i]`` (clean
   rounds) or ``verify[n]`` (shared by every drafter).
 
-Expected cost of an arm (i, K) emitting ÂL tokens: C(i, K) + e·ÂL with C(i, K) = verify[K + 1] + K·draft[i] +
-excess[i] + overhead and e = ``position_seconds`` (ALGORITHMS.md §3). A per-round charge would be wrong here: it
-would make every arm that emits few tokens a round (the no-draft arm above all) look dearer than it is. All running
-means are exponential (``decay``), so costs follow a machine whose speed drifts.
+- ``runs[τ][i]``: with a confidence stop τ (``SpecConfig.draft_stop``), how far drafter i's chains get before it:
+  Kaplan–Meier counts of its runs of confident positions (top probability ≥ τ) on the evaluated text, so that a
+  chain asked for K tokens is expected to draft D(i, K) = Σ_{r ≤ K} S_i(r) of them, S_i(r) the share of runs that
+  reach r (runs cut by the end of an evaluated stretch count as censored, not as ended). Kept per τ: a generation
+  without the stop drafts K.
+
+Expected cost of an arm (i, K) emitting ÂL tokens: C(i, K) + e·ÂL with C(i, K) = verify[D + 1] + D·draft[i] +
+excess[i] + overhead, D = K (or D(i, K) under a stop) and e = ``position_seconds`` (ALGORITHMS.md §3). A per-round
+charge would be wrong here: it would make every arm that emits few tokens a round (the no-draft arm above all) look
+dearer than it is. All running means are exponential (``decay``), so costs follow a machine whose speed drifts.
 """
 from __future__ import annotations
 
@@ -34,7 +40,10 @@ import math
 import time
 import weakref
 
+import numpy as np
 import torch
+
+MAX_RUN = 64  # the longest run of confident positions the stop statistics tell apart
 
 
 class CostModel:
@@ -59,6 +68,8 @@ class CostModel:
         self.work = 0.0  # a round's seconds outside evaluation (drafting, verifying, overhead)
         self.rounds = 0
         self.eval_forward: float | None = None  # seconds of one evaluation forward (all drafters), when it ran
+        self.runs: dict[float, list] = {}  # confidence stop τ → per drafter [continued[r], at_risk[r]] (r = 1…R)
+        self.draft_stop: float | None = None  # the running generation's stop (set by the decoder)
 
     # -- measurements ------------------------------------------------------------------------------------------------
     def _mean(self, old: float | None, new: float) -> float:
@@ -99,13 +110,52 @@ class CostModel:
         self.overhead = self._mean(None if first else self.overhead, times["select"])
         self.work = self._mean(None if first else self.work, sum(times.values()) - times["evaluate"])
 
+    def observe_confident(self, drafter: int, confident) -> None:
+        """Drafter ``drafter``'s confidence (top probability ≥ the running stop) at consecutive evaluated positions,
+        a bool sequence: the runs of confident positions starting at each one, for :meth:`drafted_tokens`."""
+        if self.draft_stop is None or len(confident) == 0:
+            return
+        counts = self.runs.setdefault(self.draft_stop, [None] * self.n_drafters)
+        if counts[drafter] is None:
+            counts[drafter] = np.zeros((2, MAX_RUN + 2))
+        c = np.asarray(confident, dtype=bool)
+        m = c.shape[0]
+        run = np.zeros(m + 1, dtype=np.int64)  # run[t]: confident positions in a row from t
+        for t in range(m - 1, -1, -1):
+            run[t] = run[t + 1] + 1 if c[t] else 0
+        run = run[:m]
+        censored = run == m - np.arange(m)  # the run reached the stretch's end: how it goes on is unknown
+        reached = np.bincount(np.minimum(run, MAX_RUN + 1), minlength=MAX_RUN + 2)
+        reached = reached[::-1].cumsum()[::-1]  # [r]: runs of length ≥ r
+        ended = np.bincount(np.minimum(run[~censored] + 1, MAX_RUN + 1), minlength=MAX_RUN + 2)
+        table = counts[drafter]
+        table *= 1.0 - self.decay / 4  # drift, slowly
+        table[0, 1:] += reached[1:]  # continued at r (position r of the run confident)
+        table[1, 1:] += reached[1:] + ended[1:]  # at risk at r: reached it, or ended right there
+
+    def drafted_tokens(self, drafter: int, k: int) -> float:
+        """Expected tokens a chain of drafter ``drafter`` asked for ``k`` drafts under the running stop (k without
+        one, or before its runs were seen)."""
+        counts = self.runs.get(self.draft_stop) if self.draft_stop is not None else None
+        table = None if counts is None else counts[drafter]
+        if table is None or k <= 0:
+            return float(k)
+        r = min(k, MAX_RUN)
+        hazard_free = np.where(table[1, 1 : r + 1] > 0, table[0, 1 : r + 1] / np.maximum(table[1, 1 : r + 1], 1e-12),
+                               1.0)
+        survival = np.cumprod(hazard_free)
+        return float(survival.sum()) + max(0, k - MAX_RUN) * float(survival[-1])
+
     # -- estimates ---------------------------------------------------------------------------------------------------
-    def verify_seconds(self, tokens: int) -> float | None:
+    def verify_seconds(self, tokens: float) -> float | None:
         """Seconds of a verification forward over ``tokens`` tokens (None before any was measured)."""
         if not self.verify:
             return None
         if tokens in self.verify:
             return self.verify[tokens]
+        if tokens != int(tokens):  # a fractional count (an expected chain length): between its neighbours
+            low, high = self.verify_seconds(math.floor(tokens)), self.verify_seconds(math.ceil(tokens))
+            return low + (tokens - math.floor(tokens)) * (high - low)
         seen = sorted(self.verify)
         lower = [n for n in seen if n < tokens]
         upper = [n for n in seen if n > tokens]
@@ -134,10 +184,12 @@ class CostModel:
         (:meth:`position_seconds`), or None before any verification was measured."""
         if not self.verify:
             return None
-        verify = {k: self.verify_seconds(k + 1) for k in {k for _, k in arms}}
         draft = [self.draft_seconds(i) for i in range(self.n_drafters)]
-        floor = 0.5 * verify[min(verify)]  # a drafter's measured excess may be negative, a round's cost is not
-        seconds = [max(verify[k] + k * draft[i] + self.excess[i], floor) if k else verify[k] for i, k in arms]
+        drafted = {(i, k): self.drafted_tokens(i, k) for i, k in arms}  # K, or fewer under a confidence stop
+        # a drafter's measured excess may be negative, a round's cost is not
+        floor = 0.5 * self.verify_seconds(min(k for _, k in arms) + 1)
+        seconds = [max(self.verify_seconds(d + 1) + d * draft[i] + self.excess[i], floor) if k else
+                   self.verify_seconds(1) for (i, k), d in ((a, drafted[a]) for a in arms)]
         return torch.tensor(seconds, dtype=torch.float32) + self.overhead
 
     def position_seconds(self) -> float:

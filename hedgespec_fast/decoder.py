@@ -88,6 +88,7 @@ class SpeculativeDecoder:
         cache_len = self.max_length + spec.width + 1 if cfg.cache_implementation == "static" else None
         cache = self._target_cache(cache_len)  # the target's cache holds every committed token but the last
         costs = self._cost_model(policy)
+        costs.draft_stop = self.draft_stop  # (its chain-length statistics are kept per stop)
         policy.begin(len(pool), draft_len, policy_seed(cfg.seed), costs=costs, sleepers=pool.sleepers)
         self.schedule.begin(getattr(getattr(policy, "stream", None), "window", draft_len))
         tracks = policy.full_information or cfg.record_gamma
@@ -182,6 +183,8 @@ class SpeculativeDecoder:
                     awake = self.evaluator.awake(beliefs)
                     batch, owed, owed_start = len(owed), [], length + m
                     stats.evaluations += 1
+                    if self.draft_stop is not None:
+                        self._observe_confident(costs, stats)
 
             marks.append(timer.mark("update"))
             policy.update(RoundOutcome(chosen, k, n_accepted, m, draft_len, gamma, block_reward, awake,
@@ -270,6 +273,16 @@ class SpeculativeDecoder:
         if isinstance(model, CostModel) and model.n_drafters == policy.n_drafters:
             return model
         return shared_cost_model(self.target, self.pool.key, len(self.pool))
+
+    def _observe_confident(self, costs: CostModel, stats) -> None:
+        """Hand the cost model the evaluated drafters' confidence at the positions (how far a stopped chain gets)."""
+        if self.evaluator.confident is None:
+            return
+        rows, confident = self.evaluator.confident
+        self.evaluator.confident = None
+        stats.host_syncs += int(confident.device.type == "cuda")
+        for i, row in zip(rows, confident.tolist()):
+            costs.observe_confident(i, row)
 
     @staticmethod
     def _read_costs(timer: PhaseTimer, unread: list, costs: CostModel) -> None:

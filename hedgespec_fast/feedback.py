@@ -37,6 +37,7 @@ class Evaluator:
                  min_confidence: float | None = None):
         self.warp = warp
         self.min_confidence = min_confidence
+        self.confident = None  # with a stop: (model drafter rows, [n, m] bool) of the last gamma() call
         self.chain_mode = "tv" if do_sample else "greedy"  # deterministic beliefs (n-gram) propose one token
         self.mode = self.chain_mode if top_l is None else ("topl" if do_sample else "topl_greedy")
         self.top_l = 1 if top_l is None else top_l
@@ -77,6 +78,7 @@ class Evaluator:
                     q = stacked.float() / self.warp.temperature_only
                 confident = q.float().softmax(dim=-1).amax(dim=-1) >= self.min_confidence  # [n, m], as the drafter
                 g = g * confident
+                self.confident = (model_rows, confident)
             gamma[model_rows] = g.nan_to_num(nan=0.0)  # a drafter with NaN logits is never accepted
         if token_rows:
             tokens = torch.stack([beliefs[i].tokens for i in token_rows])  # [n, m], -1 = no proposal

@@ -146,3 +146,28 @@ def test_bad_threshold_is_a_clear_error(small):
             hs.generate(target, PROMPT, drafters=drafters, max_new_tokens=4, spec_config=hs.SpecConfig(draft_stop=bad))
 
 
+
+
+def test_cost_model_expects_the_chains_a_stop_leaves():
+    """Kaplan–Meier over runs of confident positions: with the pattern (sure, sure, unsure) repeated, a chain from a
+    random position drafts min(K, run) with runs 2, 1, 0: D(1) = 2/3, D(K ≥ 2) = 1; a stretch sure to its end says
+    nothing about where runs end (censored: D(K) = K, where counting ends as failures would give less). Kept per
+    stop: without one (or another τ) a chain drafts K; the arm's seconds use D."""
+    from test_throughput import fixed_costs
+
+    costs = fixed_costs(2, [0.1, 0.1])
+    costs.draft_stop = 0.4
+    costs.observe_confident(0, [True, True, False] * 20)
+    costs.observe_confident(1, [True] * 10)
+    assert costs.drafted_tokens(0, 1) == pytest.approx(2 / 3, abs=0.02)
+    assert costs.drafted_tokens(0, 2) == pytest.approx(1.0, abs=0.02)
+    assert costs.drafted_tokens(0, 16) == pytest.approx(1.0, abs=0.02)
+    assert costs.drafted_tokens(1, 8) == pytest.approx(8.0)
+    seconds = float(costs.arm_seconds([(0, 16)])[0])
+    d = costs.drafted_tokens(0, 16)
+    assert seconds == pytest.approx(1.0 + 0.02 * (d + 1) + 0.1 * d + 0.1)  # verify(D + 1) + D·draft + overhead
+    costs.draft_stop = None
+    assert costs.drafted_tokens(0, 16) == 16.0
+    assert float(costs.arm_seconds([(0, 16)])[0]) == pytest.approx(1.0 + 0.02 * 17 + 1.6 + 0.1)
+    costs.draft_stop = 0.6
+    assert costs.drafted_tokens(0, 16) == 16.0  # no runs seen under this stop yet
