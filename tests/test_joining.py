@@ -123,7 +123,8 @@ def test_a_drafter_too_dear_to_bring_in_is_left_out(pool):
     assert stats.left_out == [names[1]] and calls[1] == 0 and stats.drafter_counts[1] == 0
     assert names[0] not in [*stats.joined, *stats.left_out] and calls[0] > 0  # free to join: in from the start
     stats, calls = results[32]
-    assert (names[1] in stats.joined) == (calls[1] > 0) and (names[1] in stats.left_out) != (names[1] in stats.joined)
+    # it ran only if it joined (once in, its first forward waits for an evaluation that wants it)
+    assert (calls[1] == 0 or names[1] in stats.joined) and (names[1] in stats.left_out) != (names[1] in stats.joined)
 
 
 def test_a_waiting_drafter_joins_when_what_it_could_have_saved_reaches_its_price():
@@ -168,9 +169,13 @@ def test_a_drafter_that_joins_mid_generation_is_exact_and_scored(pool):
     ref = target.generate(PROMPT, do_sample=False, max_new_tokens=40, eos_token_id=None)
     names = DrafterPool(drafters).names
     joined_at = []
-    for scale in (0.0, 0.5, 2.0):  # catch-up prices from nothing to several plain steps
+    for scale in (0.0, 2.0, 3.5):  # catch-up prices from nothing to several plain steps (the budget: 4)
         step = costs.verify_seconds(1)
         costs.prefill[0] = costs.prefill[1] = scale * step / PROMPT.shape[1]
+        # drafting priced at a twentieth of a step, whatever the clocks said (these drafters are as large as the
+        # target): a round can then repay the price, so the rule is exercised, not the machine's timings
+        costs.draft[0] = costs.draft[1] = 0.05 * step
+        costs.excess[0] = costs.excess[1] = 0.0
         out = hs.generate(target, PROMPT, drafters=drafters, max_new_tokens=40, eos_token_id=None, seed=0)
         assert torch.equal(out.sequences, ref), scale
         joined_at.append(out.stats.joined.get(names[0]))
