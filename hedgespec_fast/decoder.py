@@ -112,6 +112,7 @@ class SpeculativeDecoder:
             stats.prompt_positions = warm
         stats.prefill_s = time.perf_counter() - t0
         length, finished = start_len, start_len >= self.max_length
+        free_drafters = pool.free  # (n-gram lookup: its chains have no confidence to stop on)
         owed, owed_start = [], start_len  # target rows of rounds whose γ is not computed yet, and where they start
 
         while not finished:
@@ -126,7 +127,7 @@ class SpeculativeDecoder:
             stop = self._counting(policy.stop_rule(), stats)
             ctx = DraftContext(ids, length, self.warp, self.do_sample, generator, stop, self.draft_stop)
             k = spec.draft(chosen, budget, ctx, policy.weights)  # draft tokens (chain length or tree nodes)
-            if self.draft_stop is not None and budget and not pool.free[chosen]:  # one read per confidence check
+            if self.draft_stop is not None and budget and not free_drafters[chosen]:  # a read per check
                 stats.host_syncs += min(k + 1, budget)
 
             marks.append(timer.mark("verify"))

@@ -125,11 +125,11 @@ class HFDrafter:
         probs = []
         drafted = 0
         for j in range(k):
-            warped = ctx.warp(ctx.ids, steps[j][row], start + j)  # [1, V]
-            if ctx.min_confidence is not None and float(warped.float().softmax(dim=-1).max()) < ctx.min_confidence:
+            warped = ctx.warp(ctx.ids, steps[j][row], start + j)  # [1, V] fp32
+            p = warped.softmax(dim=-1) if ctx.do_sample or ctx.min_confidence is not None else None
+            if ctx.min_confidence is not None and float(p.max()) < ctx.min_confidence:
                 break  # unsure here: the chain ends before this position (a rule of the prefix alone: lossless)
             if ctx.do_sample:
-                p = warped.softmax(dim=-1)
                 token = self._sample(p, ctx.generator)
                 probs.append(p)
             else:
