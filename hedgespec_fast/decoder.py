@@ -207,7 +207,8 @@ class SpeculativeDecoder:
             stats.drafted_tokens += k
             stats.accepted_tokens += n_accepted
             length += m
-            joining.after_round(costs, d + 1, m, length, settled=not owed)
+            for i in joining.after_round(costs, d + 1, m, length):  # a join inside a batch owes the batch's rows
+                pool.owe(i, length - owed_start if owed else 0)
 
         stats.new_tokens = length - start_len
         stats.left_out = [pool.names[i] for i in sorted(joining.out)]

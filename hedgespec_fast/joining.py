@@ -61,17 +61,18 @@ class Joining:
                 waiting[i] = (rate, best)
         return cls(lazy | never | set(waiting), never, waiting)
 
-    def after_round(self, costs: CostModel, verified: int, emitted: int, length: int, settled: bool) -> list[int]:
-        """Charge the round's rent (a verification of ``verified`` tokens that emitted ``emitted``) and, when
-        ``settled`` (no evaluation owes positions: a drafter joining mid-batch would lack the batch's first beliefs),
-        bring in the drafters whose rent reached their catch-up on ``length`` committed tokens; returns those."""
+    def after_round(self, costs: CostModel, verified: int, emitted: int, length: int) -> list[int]:
+        """Charge the round's rent (a verification of ``verified`` tokens that emitted ``emitted``) and bring in the
+        drafters whose rent reached their catch-up on ``length`` committed tokens; returns those. A drafter joining
+        inside an evaluation batch owes the batch's positions (the caller's :meth:`DrafterPool.owe`): its catch-up
+        forward computes them, so the batch's evaluation has every drafter's rows."""
         if not self.waiting:
             return []
         round_seconds = costs.verify_seconds(verified) or 0.0
         joined = []
         for i, (rate, best) in list(self.waiting.items()):
             self.rent[i] += max(0.0, round_seconds - emitted * best)
-            if settled and self.rent[i] >= rate * length:
+            if self.rent[i] >= rate * length:
                 del self.waiting[i]
                 self.joined[i] = length
                 joined.append(i)

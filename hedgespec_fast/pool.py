@@ -123,6 +123,13 @@ class DrafterPool:
                      (id(d.group.model), d.row) if isinstance(d, StackedMember) else (type(d).__name__, d.name)
                      for d in self.drafters)
 
+    def owe(self, index: int, positions: int) -> None:
+        """Model drafter ``index`` (joining mid-batch) reports the batch's last ``positions`` positions at the next
+        evaluation (:meth:`HFDrafter.owe`; a stack owes for all its members)."""
+        for unit, indices in self.units:
+            if index in indices:
+                unit.owe(positions)
+
     def lag(self, index: int) -> int:
         """Committed tokens drafter ``index`` has not processed yet (0 for drafters that keep no such backlog)."""
         return int(getattr(self.drafters[index], "lag", 0))

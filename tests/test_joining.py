@@ -130,9 +130,8 @@ def test_a_drafter_too_dear_to_bring_in_is_left_out(pool):
 def test_a_waiting_drafter_joins_when_what_it_could_have_saved_reaches_its_price():
     """The ski-rental rule on known costs: verify(n) = 1 + 0.02 n s, drafter 0 drafts at 0.1 s a token, so its best
     conceivable seconds per token is min_K C(0, K) / (K + 1) (at K = 8: (1.18 + 0.8 + 0.1) / 9); each round adds the
-    round's verification minus its tokens at that rate. It joins at the first settled round whose rent reaches
-    prefill rate × length; never before, and a round that emitted as fast as the drafter conceivably could adds
-    nothing."""
+    round's verification minus its tokens at that rate. It joins at the first round whose rent reaches prefill rate ×
+    length; never before, and a round that emitted as fast as the drafter conceivably could adds nothing."""
     costs = fixed_costs(1, [0.1])
     costs.prefill[0] = 0.01  # catch-up: 10 ms per committed token
     policy = hs.HedgeSpecSelector(1)
@@ -143,27 +142,31 @@ def test_a_waiting_drafter_joins_when_what_it_could_have_saved_reaches_its_price
     assert best == pytest.approx((1.0 + 0.02 * 9 + 0.8 + 0.1) / 9)
     assert Joining.plan(policy, costs, 1, 1, 200, 0.1, True).out == set()  # a price one plain step repays: in
     length, rent = 100, 0.0
-    assert plan.after_round(costs, 9, 9, length + 9, settled=True) == []  # 9 tokens in 1.18 s: as fast as it gets
+    assert plan.after_round(costs, 9, 9, length + 9) == []  # 9 tokens in 1.18 s: as fast as it gets
     length += 9
     assert plan.rent[0] == pytest.approx(max(0.0, 1.18 - 9 * best)) == 0.0
     while True:  # plain steps: each could at best have been 1 token at `best` instead of a 1.02 s step
         length += 1
         rent += 1.02 - best
-        joined = plan.after_round(costs, 1, 1, length, settled=(length % 2 == 0))
+        joined = plan.after_round(costs, 1, 1, length)
         assert plan.rent[0] == pytest.approx(rent)
         if joined:
             break
-        assert plan.out == {0} and not (rent >= 0.01 * length and length % 2 == 0)
+        assert plan.out == {0} and rent < 0.01 * length
     assert joined == [0] and plan.out == set() and plan.joined == {0: length}
-    assert rent >= 0.01 * length and length % 2 == 0  # the rule, at a settled round
-    assert plan.after_round(costs, 1, 1, length + 1, settled=True) == []  # once in, in
+    assert rent >= 0.01 * length  # the rule
+    assert plan.after_round(costs, 1, 1, length + 1) == []  # once in, in
 
 
-def test_a_drafter_that_joins_mid_generation_is_exact_and_scored(pool):
+def test_a_drafter_that_joins_mid_generation_is_exact_and_scored(pool, monkeypatch):
     """Joining after some rounds, with evaluation batches under way: the drafter catches up on the text it sat out
-    (one forward), then drafts and is evaluated like the others; the output is target.generate()'s (a drafter that
-    joined inside a batch once returned too few belief rows: joins wait for a settled round)."""
+    (one forward), then drafts and is evaluated like the others; the output is target.generate()'s. A join inside a
+    batch owes the batch's positions (without that the drafter returned too few belief rows); the test checks that
+    such a join happened."""
     target, drafters = pool
+    owed = []
+    real_owe = DrafterPool.owe
+    monkeypatch.setattr(DrafterPool, "owe", lambda self, i, n: (owed.append(n), real_owe(self, i, n))[1])
     hs.generate(target, PROMPT, drafters=drafters, max_new_tokens=8, eos_token_id=None, seed=0)  # calibrates
     costs = shared_cost_model(target, DrafterPool(drafters).key, len(drafters))
     ref = target.generate(PROMPT, do_sample=False, max_new_tokens=40, eos_token_id=None)
@@ -183,6 +186,7 @@ def test_a_drafter_that_joins_mid_generation_is_exact_and_scored(pool):
         if scale == 0.0:  # a free catch-up: in from the start, never waiting
             assert out.stats.joined == {} and out.stats.left_out == []
     assert any(at is not None and at > 0 for at in joined_at[1:]), joined_at  # a dear one later, mid-generation
+    assert any(n > 0 for n in owed), owed  # and inside an evaluation batch
 
 
 def test_nothing_is_left_out_where_the_rule_does_not_apply(pool):

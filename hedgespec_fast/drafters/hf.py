@@ -111,6 +111,18 @@ class HFDrafter:
         if missing:
             self.owed.append(out[:, :-1])  # the last row is ``pending``: it belongs to the next committed position
 
+    def owe(self, positions: int) -> None:
+        """Report beliefs on the last ``positions`` committed positions at the next evaluation, although they were
+        committed with nobody asking (a drafter joining a generation inside an evaluation batch: the batch's other
+        drafters report them). They must still be in the backlog, with the token before them: the catch-up computes
+        their rows in the forward it runs anyway."""
+        if positions <= 0:
+            return
+        if self.owed or self.owed_positions or self.lag < positions + 1:
+            raise RuntimeError(f"drafter {self.name!r} cannot owe {positions} positions: it holds {self.lag} "
+                               f"unfed tokens and owes {self.owed_positions} already")
+        self.owed_positions = positions
+
     @property
     def lag(self) -> int:
         """Committed tokens not fed yet (the backlog that the next forward catches up on)."""
