@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import torch
 
@@ -207,8 +208,9 @@ class SpeculativeDecoder:
             stats.drafted_tokens += k
             stats.accepted_tokens += n_accepted
             length += m
-            for i in joining.after_round(costs, d + 1, m, length):  # a join inside a batch owes the batch's rows
-                pool.owe(i, length - owed_start if owed else 0)
+            in_batch = length - owed_start if owed else 0  # a join inside a batch owes the batch's rows
+            for i in joining.after_round(costs, d + 1, m, length, ready=partial(pool.can_owe, positions=in_batch)):
+                pool.owe(i, in_batch)
 
         stats.new_tokens = length - start_len
         stats.left_out = [pool.names[i] for i in sorted(joining.out)]

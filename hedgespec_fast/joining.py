@@ -61,18 +61,19 @@ class Joining:
                 waiting[i] = (rate, best)
         return cls(lazy | never | set(waiting), never, waiting)
 
-    def after_round(self, costs: CostModel, verified: int, emitted: int, length: int) -> list[int]:
+    def after_round(self, costs: CostModel, verified: int, emitted: int, length: int, ready=None) -> list[int]:
         """Charge the round's rent (a verification of ``verified`` tokens that emitted ``emitted``) and bring in the
         drafters whose rent reached their catch-up on ``length`` committed tokens; returns those. A drafter joining
         inside an evaluation batch owes the batch's positions (the caller's :meth:`DrafterPool.owe`): its catch-up
-        forward computes them, so the batch's evaluation has every drafter's rows."""
+        forward computes them, so the batch's evaluation has every drafter's rows. ``ready(i)``: whether drafter i
+        can join now (False when it can no longer compute the batch's rows: it waits for a round without a batch)."""
         if not self.waiting:
             return []
         round_seconds = costs.verify_seconds(verified) or 0.0
         joined = []
         for i, (rate, best) in list(self.waiting.items()):
             self.rent[i] += max(0.0, round_seconds - emitted * best)
-            if self.rent[i] >= rate * length:
+            if self.rent[i] >= rate * length and (ready is None or ready(i)):
                 del self.waiting[i]
                 self.joined[i] = length
                 joined.append(i)

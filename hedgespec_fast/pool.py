@@ -130,6 +130,11 @@ class DrafterPool:
             if index in indices:
                 unit.owe(positions)
 
+    def can_owe(self, index: int, positions: int) -> bool:
+        """Whether model drafter ``index`` can still compute the batch's last ``positions`` rows (:meth:`owe`)."""
+        return all(getattr(unit, "can_owe", lambda n: n <= 0)(positions) for unit, indices in self.units
+                   if index in indices)
+
     def lag(self, index: int) -> int:
         """Committed tokens drafter ``index`` has not processed yet (0 for drafters that keep no such backlog)."""
         return int(getattr(self.drafters[index], "lag", 0))

@@ -54,6 +54,37 @@ def test_lazy_prefill_drafts_and_reports_what_an_eager_one_does(pool):
     torch.testing.assert_close(proposals[0].logits, proposals[1].logits, atol=1e-5, rtol=1e-5)
 
 
+def test_a_drafter_joining_inside_a_batch_owes_its_rows(pool):
+    """A lazy drafter that joins after two deferred rounds owes their 5 positions: at the evaluation it reports the
+    same rows as a drafter that was in all along (the catch-up computes them). One that has drafted since its prefill
+    can no longer owe them (they were fed), and says so instead of returning too few rows."""
+    target, drafters = pool
+    eager, joining = HFDrafter(drafters[0]), HFDrafter(drafters[0])
+    eager.prefill(PROMPT)
+    joining.prefill(PROMPT, lazy=True)
+    rounds = [torch.tensor([12, 13]), torch.tensor([14, 15, 16])]
+    for emitted in rounds:
+        eager.commit(emitted, emitted.tolist(), 0, False)  # an evaluation batch under way
+        joining.commit(emitted, emitted.tolist(), 0, None)  # out of play: nobody asks
+    assert joining.can_owe(5) and not joining.can_owe(PROMPT.shape[1] + 5)  # (the row before them must be unfed)
+    joining.owe(5)
+    last = torch.tensor([17])
+    a, b = (d.commit(last, last.tolist(), 0, True) for d in (eager, joining))
+    assert a.logits.shape == b.logits.shape == (6, 128)
+    torch.testing.assert_close(a.logits, b.logits, atol=1e-5, rtol=1e-5)
+
+    drafted = HFDrafter(drafters[0])
+    drafted.prefill(PROMPT, lazy=True)
+    ids = torch.zeros((1, 32), dtype=torch.long)
+    ids[0, :9] = torch.cat([PROMPT[0], rounds[0]])
+    drafted.commit(rounds[0], rounds[0].tolist(), 0, None)
+    drafted.propose(2, DraftContext(ids, 9, LogitsWarp(), False, None, None))  # e.g. chosen by a deferred choice
+    drafted.commit(rounds[1], rounds[1].tolist(), 0, None)
+    assert not drafted.can_owe(5) and drafted.can_owe(0)
+    with pytest.raises(RuntimeError, match="cannot owe 5 positions"):
+        drafted.owe(5)
+
+
 def test_pool_times_eager_prefills_only():
     target = tiny_model("llama", vocab=128, hidden=32, layers=2, seed=3)
     models = [noisy_copy(target, 0.05, 1), noisy_copy(target, 0.3, 2)]

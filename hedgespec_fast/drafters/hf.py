@@ -118,10 +118,15 @@ class HFDrafter:
         their rows in the forward it runs anyway."""
         if positions <= 0:
             return
-        if self.owed or self.owed_positions or self.lag < positions + 1:
+        if not self.can_owe(positions):
             raise RuntimeError(f"drafter {self.name!r} cannot owe {positions} positions: it holds {self.lag} "
                                f"unfed tokens and owes {self.owed_positions} already")
         self.owed_positions = positions
+
+    def can_owe(self, positions: int) -> bool:
+        """Whether :meth:`owe` can take ``positions``: nothing owed yet, and those positions still unfed (a drafter out
+        of play since its lazy prefill; not one that drafted meanwhile, e.g. chosen through a deferred choice)."""
+        return positions <= 0 or (not self.owed and not self.owed_positions and self.lag >= positions + 1)
 
     @property
     def lag(self) -> int:
