@@ -393,15 +393,16 @@ def drafter_names(name: str) -> list[str]:
 
 
 def int8_copy(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
-    """An int8 drafter made from ``model`` (in place): the body's linears hold int8 weights (one scale per output
-    channel) and compute in ``dtype`` (default bf16 where the CPU has avx512_bf16, else fp32); the LM head is a
-    dynamically quantized int8 linear. See :mod:`hedgespec_fast.quantize` for why (dynamic quantization of the whole
-    model cost the Qwen 0.5B drafter 15–23 points of agreement with the target; int8 weights cost none) and for the
-    kernels. CPU only.
+    """An int8 drafter made from ``model`` (in place). Where the CPU has native bf16 (or with an explicit ``dtype``)
+    the body's linears hold int8 weights (one scale per output channel) and compute in bf16 (``dtype``), the LM head
+    a dynamically quantized int8 linear; elsewhere torch's dynamic quantization of every linear (the only int8 path
+    faster than fp32 there). See :mod:`hedgespec_fast.quantize` for why (dynamic quantization of the whole model cost
+    the Qwen 0.5B drafter 15–23 points of agreement with the target; int8 weights cost none) and for the kernels.
+    CPU only.
     """
-    from .quantize import int8_weights
+    from .quantize import int8_copy as copy
 
-    return int8_weights(model, dtype)
+    return copy(model, dtype)
 
 
 def early_exit_copy(model: nn.Module, layers: int) -> nn.Module:

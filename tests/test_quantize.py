@@ -11,7 +11,8 @@ from tiny import noisy_copy, tiny_model
 import hedgespec_fast as hs
 from hedgespec_fast.models import int8_copy
 from hedgespec_fast.modeling import vocab_size
-from hedgespec_fast.quantize import KERNEL_ALIGN, SMALL_BATCH, DynamicInt8Head, Int8WeightLinear, int8_weights
+from hedgespec_fast.quantize import (KERNEL_ALIGN, SMALL_BATCH, DynamicInt8Head, Int8WeightLinear, dynamic_int8,
+                                     int8_weights)
 
 PROMPT = torch.tensor([[3, 4, 5, 6, 3, 4]])
 
@@ -67,14 +68,36 @@ def test_int8_copy_of_a_model_with_tied_embeddings():
         want, got = base(ids).logits, copy(ids).logits
     assert got.dtype == torch.float32 and torch.isfinite(got).all()
     assert (want.argmax(-1) == got.argmax(-1)).float().mean() > 0.8  # an approximation, not a different model
+    dynamic = dynamic_int8(noisy_copy(model, 0.0, 0))  # the fallback recipe leaves the embedding alone too
+    torch.testing.assert_close(dynamic.model.embed_tokens.weight, embedding)
+    assert not dynamic.config.tie_word_embeddings
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, "dynamic"])
 def test_int8_drafter_keeps_the_output_the_targets(dtype):
+    """Both int8 recipes (int8 weights in fp32 or bf16; torch's dynamic quantization, the fallback for CPUs without
+    native bf16) as drafters of a tiny target: greedy output equal to target.generate()."""
     target = tiny_model("llama", seed=11)
-    drafter = int8_copy(noisy_copy(target, 0.05, 4), dtype)
+    base = noisy_copy(target, 0.05, 4)
+    drafter = dynamic_int8(base) if dtype == "dynamic" else int8_copy(base, dtype)
     ref = target.generate(PROMPT, do_sample=False, max_new_tokens=20, eos_token_id=None)
     out = hs.generate(target, PROMPT, drafters=[drafter, hs.NGramDrafter()], max_new_tokens=20, eos_token_id=None,
                       policy="fixed:0", draft_len=4)
     assert torch.equal(out.sequences, ref)
     assert out.stats.accepted_tokens > 0  # it drafts, and is right at times
+
+
+def test_int8_copy_falls_back_to_dynamic_quantization_without_native_bf16(monkeypatch):
+    """The int8-weight kernel is slow with fp32 activations: where the CPU has no native bf16, int8_copy (with no dtype)
+    makes torch's dynamically quantized copy; with native bf16 (or an explicit dtype), int8 weights."""
+    from hedgespec_fast import quantize
+
+    def kinds(model):
+        return {type(m).__name__ for m in model.modules()}
+
+    monkeypatch.setattr(quantize, "native_bf16", lambda: False)
+    assert "Int8WeightLinear" not in kinds(int8_copy(tiny_model("llama", seed=5)))
+    assert "Int8WeightLinear" in kinds(int8_copy(tiny_model("llama", seed=5), torch.float32))
+    monkeypatch.setattr(quantize, "native_bf16", lambda: True)
+    copy = int8_copy(tiny_model("llama", seed=5))
+    assert "Int8WeightLinear" in kinds(copy) and copy.model.embed_tokens.weight.dtype == torch.bfloat16
