@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import warnings
 
 import torch
 from torch import nn
@@ -21,19 +20,16 @@ from tqdm import tqdm
 from hedgespec_fast import models
 from hedgespec_fast.benchmark import _default_spec_bench
 from hedgespec_fast.headtohead import spec_bench_prompts
+from hedgespec_fast.quantize import dynamic_int8
 
 CATEGORIES = "coding,summarization,rag,writing,math_reasoning"
 
 
-def dynamic_int8(source) -> nn.Module:
+def dynamic_int8_copy(source) -> nn.Module:
+    """The drafter ``source`` with torch.ao dynamic quantization of every linear (the earlier int8 recipe)."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(models.model_dir(source), dtype=torch.float32).eval()
-    head = model.get_output_embeddings()
-    head.weight = nn.Parameter(head.weight.detach().clone())  # untie: quantizing the head must not touch the embedding
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+    return dynamic_int8(AutoModelForCausalLM.from_pretrained(models.model_dir(source), dtype=torch.float32))
 
 
 def main() -> None:
@@ -50,7 +46,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     tokenizer, target, drafters = models.load(args.pool, dtype=torch.bfloat16, drafters=args.drafters.split(","))
     if args.dynamic_int8:
-        drafters["dynamic-int8"] = dynamic_int8(models.QWEN_05B)
+        drafters["dynamic-int8"] = dynamic_int8_copy(models.QWEN_05B)
     categories = args.categories.split(",")
     prompts = spec_bench_prompts(_default_spec_bench(), tokenizer, args.per_category, 800, 0, code=False,
                                  categories=CATEGORIES.split(","))  # the bench's draw, whatever is printed
