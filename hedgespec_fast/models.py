@@ -31,6 +31,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .quantize import int8_copy  # the pools' *-int8 drafters (also models.int8_copy, as before)
+
 ENV_HOME = "HEDGESPEC_HOME"
 DONE_FILE = "hedgespec_source.json"  # written last: its presence means the converted folder is complete
 
@@ -332,8 +334,9 @@ def load(name: str, dtype: torch.dtype = torch.bfloat16, device: str | torch.dev
     Parameters
     ----------
     name : a key of ``BUNDLES`` (``"qwen-coder"``, ``"smollm2"``), fetched first (``hedgespec models fetch NAME``).
-    dtype : the target's dtype (and the stored model drafters'). Int8 drafters hold int8 weights and compute in bf16
-        where the CPU has avx512_bf16, else fp32 (:func:`int8_copy`; CPU only, skipped on other devices).
+    dtype : the target's dtype (and the stored model drafters'). Int8 drafters are :func:`int8_copy`'s (int8 weights
+        computing in bf16 where the CPU has native bf16, else torch's dynamic quantization; CPU only, skipped on other
+        devices).
     device : where the models go.
     drafters : the names to build (default: all of ``drafter_names(name)`` that the device supports).
     root : the cache root (default :func:`home`).
@@ -390,19 +393,6 @@ def drafter_names(name: str) -> list[str]:
     """The drafters ``load(name)`` builds, in pool order."""
     bundle = _bundle(name)
     return [SHORT_NAMES.get(s.name, s.name) for s in bundle.drafters] + list(bundle.derived)
-
-
-def int8_copy(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
-    """An int8 drafter made from ``model`` (in place). Where the CPU has native bf16 (or with an explicit ``dtype``)
-    the body's linears hold int8 weights (one scale per output channel) and compute in bf16 (``dtype``), the LM head
-    a dynamically quantized int8 linear; elsewhere torch's dynamic quantization of every linear (the only int8 path
-    faster than fp32 there). See :mod:`hedgespec_fast.quantize` for why (dynamic quantization of the whole model cost
-    the Qwen 0.5B drafter 15–23 points of agreement with the target; int8 weights cost none) and for the kernels.
-    CPU only.
-    """
-    from .quantize import int8_copy as copy
-
-    return copy(model, dtype)
 
 
 def early_exit_copy(model: nn.Module, layers: int) -> nn.Module:

@@ -91,10 +91,9 @@ class Int8WeightLinear(nn.Module):
         rows = x.reshape(-1, self.in_features).to(self.dtype)
         if rows.shape[0] <= SMALL_BATCH and self.in_features % KERNEL_ALIGN == 0:
             y = torch.ops.aten._weight_int8pack_mm(rows.contiguous(), self.weight_int8, self.scale)
+            y = y if self.bias is None else y + self.bias
         else:
-            return nn.functional.linear(rows, self.weight, self.bias).view(*x.shape[:-1], self.out_features)
-        if self.bias is not None:
-            y = y + self.bias
+            y = nn.functional.linear(rows, self.weight, self.bias)
         return y.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
@@ -110,11 +109,7 @@ class DynamicInt8Head(nn.Module):
         head.weight = nn.Parameter(linear.weight.detach().float().clone())  # never the (tied) embedding itself
         if linear.bias is not None:
             head.bias = nn.Parameter(linear.bias.detach().float().clone())
-        with warnings.catch_warnings():  # torch.ao is deprecated for torchao, whose CPU path is slower here
-            warnings.filterwarnings("ignore", category=DeprecationWarning)
-            warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
-            self.linear = torch.ao.quantization.quantize_dynamic(nn.Sequential(head), {nn.Linear},
-                                                                 dtype=torch.qint8)[0]
+        self.linear = _quantize_dynamic(nn.Sequential(head))[0]
         self.in_features, self.out_features = linear.in_features, linear.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -148,10 +143,17 @@ def dynamic_int8(model: nn.Module) -> nn.Module:
     if isinstance(head, nn.Linear) and getattr(model.config, "tie_word_embeddings", False):
         head.weight = nn.Parameter(head.weight.detach().clone())
         model.config.tie_word_embeddings = False
-    with warnings.catch_warnings():  # torch.ao is deprecated for torchao, whose CPU path is slower here
+    return _quantize_dynamic(model).eval()
+
+
+def _quantize_dynamic(module: nn.Module) -> nn.Module:
+    """``torch.ao`` dynamic int8 quantization of every ``nn.Linear`` in ``module``, in place. torch marks the API
+    deprecated for torchao, whose eager CPU paths are slower here (see the module's docstring): its warning is
+    silenced here, and only here."""
+    with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
-        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True).eval()
+        return torch.ao.quantization.quantize_dynamic(module, {nn.Linear}, dtype=torch.qint8, inplace=True)
 
 
 def int8_copy(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
