@@ -235,7 +235,9 @@ def _acceptance_kernel(
             q = tl.load(rows[:, None] + offs[None, :], mask=d_mask[:, None] & in_vocab[None, :], other=float("-inf"),
                         eviction_policy="evict_first")
             q = tl.exp2(q.to(tl.float32) * scale - q_max[:, None]) * (1.0 / q_sum)[:, None]
-            part = tl.sum(tl.minimum(p[None, :], q), axis=1)
+            # A drafter row with a NaN has NaN q throughout (its Σexp is NaN): γ = 0, as the reference gives
+            # (tl.minimum would return p there and γ = 1).
+            part = tl.sum(tl.where(q == q, tl.minimum(p[None, :], q), 0.0), axis=1)
             tl.store(ws_f_ptr + F_MIN + (dd * m + pos) * n_chunks + chunk, part, mask=d_mask)
         tl.debug_barrier()
         arrived = tl.atomic_add(sem_ptr + 3 + 2 * pos, 1)

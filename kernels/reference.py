@@ -131,7 +131,7 @@ def acceptance_probs(
             gamma = torch.where(in_top, p.unsqueeze(0), 0.0).sum(dim=-1)
         else:
             q = warp_logits(q_logits, temperature, top_k, top_p).softmax(dim=-1)  # [N, m, V]
-            gamma = torch.minimum(p.unsqueeze(0), q).sum(dim=-1)
+            gamma = torch.minimum(p.unsqueeze(0), q).sum(dim=-1).nan_to_num(nan=0.0)  # NaN logits: no mass
     if out is not None:
         return out.copy_(gamma)
     return gamma

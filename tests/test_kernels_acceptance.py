@@ -109,6 +109,25 @@ def test_ties_go_to_the_first_index():
                 assert_close(backend_out, want, 1e-6, 1e-6, f"{mode} {dtype}")
 
 
+@pytest.mark.parametrize("schedule", acceptance.SCHEDULES)
+def test_a_drafter_with_nan_logits_has_no_mass(schedule):
+    """tv: a NaN anywhere in a drafter's row makes no distribution, γ = 0 there on every backend (tl.minimum alone
+    returns p against NaN: γ = 1, a broken drafter the learner would prefer); the other rows are untouched."""
+    gen = torch.Generator().manual_seed(3)
+    target = torch.randn(3, 100, generator=gen)
+    q = torch.randn(3, 3, 100, generator=gen)
+    q[0] = float("nan")  # broken everywhere
+    q[1, 1, 77] = float("nan")  # one NaN, in the last chunk, at one position
+    clean = reference.acceptance_probs(target, q[2:], 1.0, "tv")
+    for got in (reference.acceptance_probs(target, q, 1.0, "tv"),
+                acceptance.acceptance_probs(target.to(DEVICE), q.to(DEVICE), 1.0, "tv", out=poisoned((3, 3)),
+                                            block_v=16, schedule=schedule)):
+        got = got.cpu()
+        assert torch.equal(got[0], torch.zeros(3)) and got[1, 1] == 0.0
+        assert got[1, 0] > 0 and got[1, 2] > 0
+        assert_close(got[2:], clean, 1e-6, 1e-5, "the clean drafter")
+
+
 def test_top_l_larger_than_the_vocabulary_keeps_every_token():
     target, drafters = ku.make_logits(3, 2, 5, torch.float32, seed=4)
     for mode, want in (("topl", 1.0), ("topl_greedy", 1.0)):
