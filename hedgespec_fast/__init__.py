@@ -22,6 +22,7 @@ from .learners import (
     UCBSpec,
     make_policy,
 )
+from .onednn import apply_onednn_linears
 from .stats import GenerationStats
 from .trees import DynamicTree, MultiDraft, StaticTree
 
@@ -31,5 +32,5 @@ __all__ = [
     "generate", "custom_generate", "attach", "detach", "SpeculativeOutput", "SpecConfig", "GenerationStats",
     "POLICIES", "make_policy",
     "HFDrafter", "NGramDrafter", "Policy", "HedgeSpecSelector", "ExpertPolicy", "UCBSpec", "EXP3Spec", "MetaSDUCB",
-    "TapOut", "Fixed", "Random", "DynamicTree", "StaticTree", "MultiDraft",
+    "TapOut", "Fixed", "Random", "DynamicTree", "StaticTree", "MultiDraft", "apply_onednn_linears",
 ]

@@ -362,6 +362,9 @@ def build_parser(parser):
     parser.add_argument("--calibration-prompts", type=int, default=2)
     parser.add_argument("--hf-ks", default="4,8,16", help="num_assistant_tokens swept for HF's best fixed K")
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--onednn", action="store_true", help="fp32 CPU models' linears through oneDNN with prepacked "
+                        "weights (hs.apply_onednn_linears; every method, plain generate() included, runs the patched "
+                        "target)")
     parser.add_argument("--methods", default=None, help="comma list of method names (default: all)")
     parser.add_argument("--variants", default="", help="more hedgespec policies to run, e.g. "
                         "'hedgespec@prompt_warmup=0,hedgespec@eval_budget=0.2' (added to --methods); '~name' leaves "
@@ -380,7 +383,8 @@ def main(args) -> dict:
         torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     chosen = [d.strip() for d in args.drafters.split(",") if d.strip()] if args.drafters else None
-    tokenizer, target, drafters = models.load(args.pool, dtype=dtype, device=args.device, drafters=chosen)
+    tokenizer, target, drafters = models.load(args.pool, dtype=dtype, device=args.device, drafters=chosen,
+                                              onednn=args.onednn)
     names = list(drafters)
     lm_drafters = [n for n in names if not isinstance(drafters[n], NGramDrafter)]
     from .benchmark import _default_spec_bench
@@ -425,7 +429,7 @@ def main(args) -> dict:
     meta = dict(pool=args.pool, date=time.strftime("%Y-%m-%d"),
                 device=f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)" if args.device == "cpu"
                 else torch.cuda.get_device_name(), dtype=args.dtype, torch=torch.__version__,
-                transformers=transformers.__version__,
+                transformers=transformers.__version__, linears="oneDNN" if args.onednn else "torch default",
                 decoding=f"sampling T={args.temperature}" if args.sample else "greedy",
                 new_tokens=args.max_new_tokens, K_max=args.draft_len, prompts=len(prompts),
                 hf_best_k=best_k, command="hedgespec bench --pool " + args.pool)

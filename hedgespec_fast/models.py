@@ -328,7 +328,7 @@ def _convert(gguf: Path, out: Path, source: GGUFSource) -> None:
 
 # -- load -------------------------------------------------------------------------------------------------------------
 def load(name: str, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu",
-         drafters: list[str] | None = None, root: str | Path | None = None):
+         drafters: list[str] | None = None, root: str | Path | None = None, onednn: bool = False):
     """Load a fetched bundle.
 
     Parameters
@@ -340,6 +340,9 @@ def load(name: str, dtype: torch.dtype = torch.bfloat16, device: str | torch.dev
     device : where the models go.
     drafters : the names to build (default: all of ``drafter_names(name)`` that the device supports).
     root : the cache root (default :func:`home`).
+    onednn : run the fp32 CPU models' linears through oneDNN (:func:`~hedgespec_fast.onednn.apply_onednn_linears`;
+        the target and its fp32 drafters; int8 drafters are left as they are). Needs ``dtype=torch.float32`` and the
+        CPU.
 
     Returns
     -------
@@ -366,6 +369,9 @@ def load(name: str, dtype: torch.dtype = torch.bfloat16, device: str | torch.dev
             raise ValueError("int8 drafters use CPU int8 kernels: load them with device='cpu'")
         wanted = [n for n in wanted if not n.endswith("-int8")]
 
+    if onednn and (dtype != torch.float32 or device.type != "cpu"):
+        raise ValueError(f"onednn=True is for fp32 models on the CPU, got {dtype} on {device}")
+
     def _model(source, model_dtype):
         return AutoModelForCausalLM.from_pretrained(model_dir(source, root), dtype=model_dtype).eval()
 
@@ -386,6 +392,11 @@ def load(name: str, dtype: torch.dtype = torch.bfloat16, device: str | torch.dev
             out[drafter] = int8_copy(_model(source, torch.bfloat16))
         elif drafter.endswith("-exit"):
             out[drafter] = early_exit_copy(target, max(1, target.config.num_hidden_layers // 2))
+    if onednn:  # after the int8 copies and the early exit (which shares the target's layers) are made
+        from .onednn import apply_onednn_linears
+
+        for model in [target, *(m for n, m in out.items() if n in stored)]:
+            apply_onednn_linears(model)
     return tokenizer, target, out
 
 

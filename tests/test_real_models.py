@@ -105,3 +105,25 @@ def test_head_to_head_harness_runs_and_resumes(smollm2, tmp_path, sample):
     assert pools["hedgespec~smollm2-exit"] == pools["hedgespec"] - 1 == 2  # the ablation's pool lacks that drafter
     cli.main(argv)  # resumed: nothing generated twice
     assert (tmp_path / "record.jsonl").read_text().splitlines() == lines
+
+
+@pytest.mark.parametrize("tree", [None, "depth=3,topk=2,total=6"], ids=["chain", "tree"])
+def test_onednn_linears_on_the_real_pool(smollm2, tree):
+    """models.load(onednn=True): the target's and the early exit's linears run through oneDNN, the int8 copy keeps its
+    own; the logits are the default linears' up to fp32 rounding and greedy output is the patched target's own."""
+    from hedgespec_fast.onednn import OneDNNLinear
+
+    tokenizer, plain_target, _, prompts = smollm2
+    _, target, drafters = models.load("smollm2", dtype=torch.float32, onednn=True)
+    assert isinstance(target.lm_head, OneDNNLinear) and isinstance(target.model.layers[0].mlp.down_proj, OneDNNLinear)
+    assert drafters["smollm2-exit"].model.layers[0] is target.model.layers[0]
+    assert not any(type(m) is OneDNNLinear for m in drafters["smollm2-int8"].modules())
+    ids = prompts[1]
+    with torch.no_grad():
+        torch.testing.assert_close(target(ids).logits, plain_target(ids).logits, atol=1e-3, rtol=1e-4)
+    ref = target.generate(ids, do_sample=False, max_new_tokens=24, eos_token_id=tokenizer.eos_token_id)
+    out = hs.generate(target, ids, drafters=list(drafters.values()), max_new_tokens=24, tree=tree,
+                      eos_token_id=tokenizer.eos_token_id, seed=0)
+    assert torch.equal(out.sequences, ref)
+    with pytest.raises(ValueError, match="onednn=True is for fp32 models on the CPU"):
+        models.load("smollm2", dtype=torch.bfloat16, onednn=True)
