@@ -57,8 +57,9 @@ class SpecConfig:
         and other drafters catch up lazily (HedgeSpec App. B.5's system-efficient variant, **[reconstructed]**).
     eval_budget : with ``eval_every="auto"``, the share of round time that evaluation may take. Under the throughput
         objective it also decides which model drafters a generation brings in: one whose catch-up on the prompt
-        (measured prefill seconds per token × prompt length) exceeds this share of the generation at plain-step speed
-        is left out (``stats.left_out``); the others join by the break-even rule of :class:`~.joining.Joining`.
+        (its measured ratio to the target's prompt forward × the target's on this prompt) exceeds this share of the
+        generation at plain-step speed is left out (``stats.left_out``); the others join by the break-even rule of
+        :class:`~.joining.Joining`.
     draft_stop : a confidence stop for model drafters' chains (HF assisted generation's
         ``assistant_confidence_threshold`` is 0.4): a chain ends before the first position where the drafter's top
         probability is below this, so a draft is cut where it turns to guessing and no drafting step is spent past

@@ -15,8 +15,17 @@ many tokens drafted, how many the target verified, how many positions were evalu
   Both scale with the positions scored, not with the rounds (the update runs one learner round per position), so
   they are charged per emitted position: ``position_seconds`` = (evaluate + update) / positions.
 - ``overhead``: the rest of a round outside the forwards (the choice).
-- ``prefill[i]``: seconds per prompt token of model drafter i's prompt forward (CPU clocks), so that what bringing a
-  drafter into a generation costs is known before it is paid (:meth:`CostModel.catch_up_seconds`).
+- ``prefill[i]``: seconds per prompt token of model drafter i's prompt forward on this generation's prompt (CPU
+  clocks), so that what bringing a drafter into a generation costs is known before it is paid
+  (:meth:`CostModel.catch_up_seconds`). A prompt forward's seconds per token are not a constant: fixed costs make a
+  short prompt dear per token (a 30-token prompt cost a 1.5B model 1.7× the per-token seconds of a 500-token one on
+  a 2-core CPU, bench/prefill_ratio.py), so a rate measured on one prompt misprices another. What is stable is the
+  drafter's price against the target's on the same prompt (``prefill_ratio[i]``: 0.28–0.36 for a 0.5B int8 drafter
+  of a 1.5B bf16 target from 30 to 500 tokens, 0.88–0.98 for the target's int8 copy), and the target's own prompt
+  forward is timed in every generation before any drafter is priced: ``prefill[i]`` = ratio × the target's seconds
+  per token on this prompt.
+  Readings are noisy upwards (the first forward of a model runs cold, a neighbour's load): a lower ratio replaces the
+  estimate at once, a higher one moves it by ``decay``.
 - ``excess[i]``: what a round drafted by drafter i costs beyond that sum, as the learner plays it (long-run mean over
   every round i drafted, lagging ones included): a drafter chosen after rounds it sat out first catches up on the
   text it missed, and the target's weights, evicted from the CPU's caches by a model drafter's forwards, make the
@@ -61,6 +70,8 @@ class CostModel:
         self.draft: list[float | None] = [None] * n_drafters
         self.excess = [0.0] * n_drafters
         self.prefill: list[float | None] = [None] * n_drafters
+        self.prefill_ratio: list[float | None] = [None] * n_drafters  # drafter's prompt forward / the target's
+        self.target_prefill: tuple[int, float] | None = None  # (tokens, seconds) of the running generation's
         self.evaluate = 0.0
         self.update = 0.0
         self.positions = 1.0
@@ -82,10 +93,33 @@ class CostModel:
         if tokens > 0:
             self.draft[drafter] = self._mean(self.draft[drafter], seconds / tokens)
 
+    def _low(self, old: float | None, new: float) -> float:
+        """A running estimate of a timing whose noise is upwards: a lower reading is taken at once."""
+        return new if old is None or new < old else self._mean(old, new)
+
+    def observe_target_prefill(self, tokens: int, seconds: float) -> None:
+        """The target took ``seconds`` over this generation's prompt of ``tokens`` tokens: every drafter whose ratio is
+        known is priced for this prompt (``prefill[i]``)."""
+        self.target_prefill = None  # (a previous generation's says nothing about this prompt)
+        if tokens <= 0 or seconds <= 0:
+            return
+        self.target_prefill = (tokens, seconds)
+        for i, ratio in enumerate(self.prefill_ratio):
+            if ratio is not None:
+                self.prefill[i] = ratio * seconds / tokens
+
     def observe_prefill(self, drafter: int, tokens: int, seconds: float) -> None:
-        """Drafter ``drafter`` took ``seconds`` to take in a prompt of ``tokens`` tokens."""
-        if tokens > 0:
-            self.prefill[drafter] = self._mean(self.prefill[drafter], seconds / tokens)
+        """Drafter ``drafter`` took ``seconds`` to take in a prompt of ``tokens`` tokens (after the target's, when
+        :meth:`observe_target_prefill` timed it, which gives the ratio)."""
+        if tokens <= 0:
+            return
+        if self.target_prefill is None:
+            self.prefill[drafter] = self._low(self.prefill[drafter], seconds / tokens)
+            return
+        target_tokens, target_seconds = self.target_prefill
+        ratio = (seconds / tokens) / (target_seconds / target_tokens)
+        self.prefill_ratio[drafter] = self._low(self.prefill_ratio[drafter], ratio)
+        self.prefill[drafter] = self.prefill_ratio[drafter] * target_seconds / target_tokens
 
     def observe_round(self, chosen: int, drafted: int, verified: int, times: dict, evaluated: bool,
                       clean_draft: bool = True, positions: int | None = None) -> None:
@@ -210,6 +244,7 @@ class CostModel:
         return {"verify_ms": {n: ms(v) for n, v in sorted(self.verify.items())},
                 "draft_ms_per_token": [ms(d) for d in self.draft],
                 "prefill_ms_per_token": [ms(p) for p in self.prefill],
+                "prefill_vs_target": list(self.prefill_ratio),
                 "excess_ms_per_round": [ms(x) for x in self.excess],
                 "evaluate_ms_per_round": ms(self.evaluate),
                 "update_ms_per_round": ms(self.update), "positions_per_round": self.positions,

@@ -98,8 +98,11 @@ class SpeculativeDecoder:
         if warmup is None:  # by the learner's own objective (a selector object may differ from the config's)
             warmup = DEFAULT_PROMPT_WARMUP.get(getattr(policy, "objective", cfg.objective), 0)
         warm = min(warmup, start_len - 1) if policy.full_information else 0
+        prompt_clock = time.perf_counter()
         if start_len > 1:  # with the warm start, the target's logits at the prompt's last `warm` positions are kept
             prompt_rows = forward_logits(self.target, ids[0, : start_len - 1], cache, keep=max(warm, 1))
+        # drafters' catch-up prices are ratios to it (CPU clocks; on a GPU it is queued work, so no price from it)
+        costs.observe_target_prefill(start_len - 1, time.perf_counter() - prompt_clock if device.type == "cpu" else 0.0)
         prompt = PromptScores(self.evaluator, prompt_rows, self.warp, ids, start_len, len(pool)) if warm else None
         joining = Joining.plan(policy, costs, len(pool), start_len, self.max_length, cfg.eval_budget,
                                automatic=cfg.join == "auto" and self.schedule.every == "auto" and not cfg.record_gamma)

@@ -9,7 +9,8 @@ class Joining:
     """The drafters out of play in a generation, and the rule that brings them in.
 
     Under the throughput objective with the automatic evaluation schedule (and not ``record_gamma``), a model drafter
-    whose catch-up price is known (measured prefill seconds per token, CPU clocks) starts out of play:
+    whose catch-up price is known (``CostModel.prefill``: its measured ratio to the target's prompt forward, which
+    every generation times, CPU clocks) starts out of play:
 
     - **never** in this generation when catching up on the prompt would cost more than ``eval_budget`` of the whole
       generation at plain-step speed (``eval_budget × new tokens × verify[1]``): the budget is what the user allows
@@ -24,8 +25,9 @@ class Joining:
 
     A drafter out of play has its arms asleep (never chosen), is never evaluated and keeps only a backlog (lazy
     prefill): when it joins, its first forward catches up on the text, and the sleeping-experts learner scores it from
-    then on. Measured on the Qwen pool (bf16 target, a 2-core CPU): prefilling a 0.5B int8 drafter and the target's
-    int8 copy on every prompt cost 0.3–1.1 s a prompt, more than the drafters gave back on most of them.
+    then on. Measured on the Qwen pool (bf16 target, a 2-core CPU):
+    prefilling a 0.5B int8 drafter and the target's int8 copy on every prompt cost 0.3–1.1 s a prompt, more than the
+    drafters gave back on most of them.
 
     Drafters the policy never chooses (a fixed policy's others) are lazy and stay out of the rule.
     """

@@ -137,6 +137,7 @@ def test_a_drafter_too_dear_to_bring_in_is_left_out(pool):
         budget_16 = 0.1 * 16 * step  # eval_budget (default 0.1) × 16 new tokens × a plain step
         costs.prefill[1] = 1.5 * budget_16 / PROMPT.shape[1]  # catch-up = 1.5 × the 16-token budget
         costs.prefill[0] = 0.0  # drafter 0 (as large as the target here) joins at once, whatever the clocks said
+        costs.prefill_ratio = [None] * len(drafters)  # (else the measured ratios would price this prompt)
         policy = hs.HedgeSpecSelector(len(drafters))
         policy.begin(len(drafters), 8, costs=costs)
         plan = Joining.plan(policy, costs, len(drafters), PROMPT.shape[1], PROMPT.shape[1] + new, 0.1, True)
@@ -206,6 +207,7 @@ def test_a_drafter_that_joins_mid_generation_is_exact_and_scored(pool, monkeypat
     for scale in (0.0, 2.0, 3.5):  # catch-up prices from nothing to several plain steps (the budget: 4)
         step = costs.verify_seconds(1)
         costs.prefill[0] = costs.prefill[1] = scale * step / PROMPT.shape[1]
+        costs.prefill_ratio = [None] * len(drafters)
         # drafting priced at a twentieth of a step, whatever the clocks said (these drafters are as large as the
         # target): a round can then repay the price, so the rule is exercised, not the machine's timings
         costs.draft[0] = costs.draft[1] = 0.05 * step
@@ -228,7 +230,7 @@ def test_nothing_is_left_out_where_the_rule_does_not_apply(pool):
     for kwargs in (dict(spec_config=hs.SpecConfig(eval_every=2)), dict(objective="mat"),
                    dict(spec_config=hs.SpecConfig(record_gamma=True)), dict(policy="hedgespec@join=eager")):
         hs.generate(target, PROMPT, drafters=drafters, max_new_tokens=8, eos_token_id=None, **kwargs)
-        costs.prefill[1] = 1e6  # far beyond any budget
+        costs.prefill[1], costs.prefill_ratio = 1e6, [None] * len(drafters)  # far beyond any budget
         out = hs.generate(target, PROMPT, drafters=drafters, max_new_tokens=8, eos_token_id=None, **kwargs)
         assert out.stats.left_out == [] and out.stats.joined == {}, kwargs
 
@@ -240,3 +242,48 @@ def test_cost_model_prefill_rate():
     assert costs.catch_up_seconds(0, 200) == pytest.approx(1.0)
     costs.observe_prefill(0, 0, 3.0)  # an empty prompt says nothing
     assert costs.summary()["prefill_ms_per_token"] == [pytest.approx(5.0), None]
+
+
+def test_a_drafter_is_priced_against_the_target_on_the_same_prompt():
+    """A prompt forward's seconds per token fall with its length (fixed costs), so a rate measured on a short prompt
+    overprices a long one; the drafter's ratio to the target's forward on the same prompt does not. Readings are
+    noisy upwards: a lower one is taken at once, a higher one moves the estimate by the decay."""
+    costs = CostModel(2, decay=0.2)
+    costs.observe_target_prefill(30, 0.30)  # 10 ms a token on a short prompt
+    costs.observe_prefill(0, 30, 0.09)  # the drafter: 0.3 of the target
+    assert costs.prefill_ratio == [pytest.approx(0.3), None]
+    costs.observe_target_prefill(500, 2.0)  # 4 ms a token on a long one
+    assert costs.catch_up_seconds(0, 500) == pytest.approx(0.3 * 2.0)  # not 0.09 / 30 × 500 = 1.5 s
+    assert costs.prefill[1] is None and costs.catch_up_seconds(1, 500) is None  # never measured: unpriced
+    costs.observe_prefill(0, 500, 1.2)  # a slow reading (0.6 of the target): moves the estimate by the decay
+    assert costs.prefill_ratio[0] == pytest.approx(0.3 + 0.2 * 0.3)
+    costs.observe_prefill(0, 500, 0.4)  # a faster one (0.2): taken at once
+    assert costs.prefill_ratio[0] == pytest.approx(0.2) and costs.prefill[0] == pytest.approx(0.2 * 2.0 / 500)
+    costs.observe_target_prefill(0, 0.0)  # a prompt the target was not timed on (one token, a GPU): no price
+    assert costs.target_prefill is None
+    costs.observe_prefill(1, 100, 0.5)  # without the target's timing: seconds per token, as before
+    assert costs.prefill[1] == pytest.approx(0.005) and costs.prefill_ratio[1] is None
+
+
+@pytest.mark.parametrize("beliefs", [0, 1, 2, 5])
+def test_a_calibrated_prefill_times_two_steps_and_keeps_the_lower(pool, monkeypatch, beliefs):
+    """The first one-token forward after a prompt can run cold, and a price that keeps a drafter out is never measured
+    again: the last two prompt tokens go in one at a time and the lower reading is the step's cost. The prompt's
+    beliefs (the warm start's rows) and the pending row are those of an uncalibrated prefill."""
+    import hedgespec_fast.drafters.hf as hf_module
+
+    target, drafters = pool
+    plain, timed_one = HFDrafter(drafters[0]), HFDrafter(drafters[0])
+    _, rows = plain.prefill(PROMPT, beliefs=beliefs)
+    readings = iter([0.5, 0.1])
+    real_timed = hf_module.timed
+    monkeypatch.setattr(hf_module, "timed", lambda fn, device: (real_timed(fn, device)[0], next(readings)))
+    seconds, timed_rows = timed_one.prefill(PROMPT, calibrate=True, beliefs=beliefs)
+    assert seconds == 0.1 and timed_one.fed == plain.fed == PROMPT.shape[1]
+    torch.testing.assert_close(timed_one.pending_rows, plain.pending_rows)
+    if beliefs:
+        assert timed_rows.shape == rows.shape == (1, beliefs, rows.shape[-1])
+        torch.testing.assert_close(timed_rows, rows)
+    else:
+        assert rows is None and timed_rows is None
+

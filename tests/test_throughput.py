@@ -359,7 +359,7 @@ def test_a_plain_step_asks_no_drafter(tiny_pool):
     finally:
         hook.remove()
     assert torch.equal(out.sequences, target.generate(prompt, do_sample=False, max_new_tokens=12, eos_token_id=None))
-    assert out.stats.rounds == 12 and len(calls) <= 2  # the prompt (and its calibrated last token)
+    assert out.stats.rounds == 12 and len(calls) <= 3  # the prompt (and its last two tokens, timed one at a time)
 
 
 def test_throughput_learner_with_no_drafting_arm(tiny_pool):
