@@ -121,17 +121,28 @@ class LossStream:
     kernels' job: :meth:`extend` hands the window to ``kernels.hedge_update_from_gamma`` (one launch on a GPU),
     :meth:`push` returns the losses themselves.
 
+    With ``early``, a window is released as soon as its losses are determined, not only once K positions are in:
+    ÂL_s(K) = 1 + Σ_{j<K} Π_{l≤j} γ_{s+l} stops changing at the first γ that is 0 (greedy decoding: the drafter's
+    token is not the target's) and is unknown from the first NaN on (not evaluated: asleep), so a window in which
+    every drafter's row has reached a 0 or a NaN has the losses it would have with all K positions. It is released
+    padded with zeros, which change nothing. The losses and their order are the same; the learner gets them sooner.
+    That matters where rounds are short: with K_max = 16 and rounds that emit one token each (a drafter that keeps
+    missing, plain steps), the complete-window rule left the learner blind for 16 rounds, drafting long chains that
+    the target rejected. CPU γ only (reading it on a device would be a host sync).
+
     Parameters
     ----------
     kind : ``"expected_length"`` or ``"acceptance"``.
     level : ``"token"`` or ``"chunk"``.
     draft_len : K, the window of the expected-length loss.
+    early : release determined windows early (above).
     """
 
-    def __init__(self, kind: str, level: str, draft_len: int):
-        self.kind, self.level, self.window = kind, level, max(int(draft_len), 1)
+    def __init__(self, kind: str, level: str, draft_len: int, early: bool = False):
+        self.kind, self.level, self.window, self.early = kind, level, max(int(draft_len), 1), early
         self.history: torch.Tensor | None = None  # [N, < K] γ of positions whose windows are still open
         self.awake: torch.Tensor | None = None  # [N, < K] bool beside it, when some drafter can be asleep
+        self.padding = 0  # zero columns the last extend() appended to the window it returned
 
     def reset(self) -> None:
         """New prompt or a gap in the positions: windows that cannot complete are dropped."""
@@ -145,12 +156,23 @@ class LossStream:
             awake = torch.ones_like(gamma, dtype=torch.bool)
         history = gamma if self.history is None else torch.cat([self.history, gamma], dim=1)
         awake = awake if self.awake is None else torch.cat([self.awake, awake], dim=1)
-        released = history.shape[1] if self.kind == "acceptance" else max(history.shape[1] - self.window + 1, 0)
-        self.history, self.awake, self.window_awake = history[:, released:], awake[:, released:], awake
+        size = history.shape[1]
+        released = size if self.kind == "acceptance" else max(size - self.window + 1, 0)
+        if self.early and released < size and history.device.type == "cpu":
+            released = max(released, determined_windows(history))
+        self.history, self.awake = history[:, released:], awake[:, released:]
+        self.padding = max(released + self.window - 1 - size, 0) if self.kind != "acceptance" else 0
+        if self.padding:
+            history = torch.cat([history, history.new_zeros(history.shape[0], self.padding)], dim=1)
+            awake = torch.cat([awake, awake.new_ones(awake.shape[0], self.padding)], dim=1)
+        self.window_awake = awake
         return history, released
 
     def hold(self, window: torch.Tensor, awake: torch.Tensor | None) -> None:
         """Put a window back unscored (its losses could not be computed yet)."""
+        if self.padding:
+            window, awake = window[:, : -self.padding], None if awake is None else awake[:, : -self.padding]
+            self.padding = 0
         self.history, self.awake = window, awake
 
     def push(self, gamma: torch.Tensor) -> torch.Tensor:
@@ -160,6 +182,15 @@ class LossStream:
         if self.level == "chunk" and losses.shape[0] > 1:
             losses = losses.mean(dim=0, keepdim=True)
         return losses
+
+
+def determined_windows(gamma: torch.Tensor) -> int:
+    """How many leading windows of γ ``[N, S]`` have determined expected lengths for every K: those starting at or
+    before the last position where *every* row has reached a 0 or a NaN (each row's last such position, the least
+    over rows, + 1)."""
+    stops = (gamma == 0) | gamma.isnan()
+    last = torch.where(stops, torch.arange(gamma.shape[1]), -1).amax(dim=1)
+    return int(last.min()) + 1
 
 
 class EvaluationSchedule:

@@ -199,7 +199,9 @@ def throughput_rows(gamma: np.ndarray, awake: np.ndarray, draft_lens, arm_second
     if steps <= 0:
         return np.zeros((0, len(specialists[0]) if specialists is not None else 1 + n * len(lens))), None
     windows = gamma[:, _window_index(steps, k_max)]  # [N, T, K_max]
-    reached = np.cumprod(windows, axis=-1).cumsum(axis=-1)[..., _length_index(lens)]  # ÂL − 1, [N, T, L]
+    reach = np.cumprod(windows, axis=-1)
+    reach[np.cumsum(windows == 0, axis=-1) > 0] = 0.0  # past a γ of 0 the chain has ended: a NaN there is moot
+    reached = reach.cumsum(axis=-1)[..., _length_index(lens)]  # ÂL − 1, [N, T, L]
     arms = 1 + n * len(lens)
     tokens = np.empty((steps, arms))
     tokens[:, 0] = 1.0

@@ -180,7 +180,7 @@ def throughput_losses(gamma: torch.Tensor, draft_lens: Sequence[int], arm_second
     Parameters
     ----------
     gamma : Tensor ``[N, S]`` fp32, γ of consecutive verified positions (NaN where a drafter was not evaluated: the
-        windows that need it come out NaN, to be treated as asleep).
+        windows that need it come out NaN, to be treated as asleep; a window does not need a γ past one that is 0).
     draft_lens : the K of the arms (each in 1..K_max; K_max = max).
     arm_seconds : Tensor ``[1 + N·L]`` fp32 > 0, each arm's expected round seconds, in arm order.
     position_seconds : e ≥ 0, seconds per emitted position on top of the round (the evaluation tax).
@@ -200,7 +200,9 @@ def throughput_losses(gamma: torch.Tensor, draft_lens: Sequence[int], arm_second
     if s < k_max:
         return gamma.new_zeros((0, arms))
     windows = gamma.float().unfold(1, k_max, 1)  # [N, T, K_max]
-    expected = 1.0 + windows.cumprod(dim=-1).cumsum(dim=-1)  # [N, T, K_max]: ÂL for K = 1..K_max
+    # past a γ of 0 the chain has ended: an unknown γ there (NaN) changes nothing, so ÂL stays known
+    reach = windows.cumprod(dim=-1).masked_fill((windows == 0).cumsum(dim=-1) > 0, 0.0)
+    expected = 1.0 + reach.cumsum(dim=-1)  # [N, T, K_max]: ÂL for K = 1..K_max
     index = torch.tensor(lens, device=gamma.device) - 1
     chosen = expected.index_select(-1, index)  # [N, T, L]
     steps = chosen.shape[1]

@@ -2,6 +2,7 @@
 prefix (ALGORITHMS.md §2: the "pending logits" alignment is easy to get wrong)."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from tiny import drafter_zoo, noisy_copy, tiny_model
@@ -197,3 +198,71 @@ def test_a_1gram_fallback_drafts_where_the_longer_lookup_stops():
         drafts[sizes] = drafter.propose(4, DraftContext(ids, len(seq), LogitsWarp(), False, None)).tokens.tolist()
     assert drafts[(3, 2)] == []  # "8 3" never occurred
     assert drafts[(3, 2, 1)] == [4, 5, 6, 7]  # "3" was followed by 4, then "3 4" by 5, …
+
+
+def _released_rows(stream, gamma, chunks, draft_lens, seconds):
+    """Feed γ ``[N, S]`` to ``stream`` in chunks; the loss rows of every release, in order, and the positions seen
+    when each window was released."""
+    from hedgespec_fast.kernels.host import throughput_rows
+
+    rows, seen, start = [], {}, 0
+    for size in chunks:
+        window, released = stream.extend(gamma[:, start:start + size])
+        start += size
+        if released:
+            losses, _ = throughput_rows(window.numpy().astype(np.float64), stream.window_awake.numpy(), draft_lens,
+                                        seconds)
+            assert losses.shape[0] == released
+            rows.append(losses)
+            first = len(seen)
+            seen.update({first + t: start for t in range(released)})
+    return np.concatenate(rows), seen
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_determined_windows_are_released_early_with_the_same_losses(seed):
+    """Early release (greedy γ in {0, 1}, NaN where not evaluated): every window's losses equal those of the complete
+    window, in the same order, and windows in which every row has met a 0 or a NaN come out before K positions are
+    in. Control: with no 0 and no NaN nothing can come early."""
+    from hedgespec_fast.feedback import LossStream
+
+    gen = torch.Generator().manual_seed(seed)
+    k_max, n, size = 8, 3, 120
+    draft_lens = (1, 2, 4, 8)
+    gamma = (torch.rand(n, size, generator=gen) < 0.7).float()
+    gamma[1, torch.rand(size, generator=gen) < 0.3] = float("nan")  # a drafter evaluated now and then
+    gamma = torch.cat([gamma, torch.zeros(n, k_max)], dim=1)  # (the tail lets the complete rule release everything)
+    chunks = [int(c) for c in torch.randint(1, 4, (200,), generator=gen)]
+    arms = 1 + n * len(draft_lens)
+    seconds = np.linspace(0.5, 2.0, arms)
+    late, seen_late = _released_rows(LossStream("expected_length", "token", k_max), gamma, chunks, draft_lens, seconds)
+    early, seen_early = _released_rows(LossStream("expected_length", "token", k_max, early=True), gamma, chunks,
+                                       draft_lens, seconds)
+    common = min(len(late), len(early))
+    np.testing.assert_allclose(early[:common], late[:common])
+    assert all(seen_early[t] <= seen_late[t] for t in range(common))
+    assert sum(seen_early[t] < seen_late[t] for t in range(common)) > common // 4  # sooner, and often
+    ones = torch.ones(n, size)
+    _, seen_control = _released_rows(LossStream("expected_length", "token", k_max, early=True), ones, chunks,
+                                     draft_lens, seconds)
+    _, seen_plain = _released_rows(LossStream("expected_length", "token", k_max), ones, chunks, draft_lens, seconds)
+    assert seen_control == seen_plain
+
+
+def test_an_unknown_gamma_past_a_miss_leaves_the_expected_length_known():
+    """A chain ends at its first γ of 0, so a NaN (not evaluated) after it changes no ÂL; a NaN before it does (those
+    arms are asleep). Host (NumPy) and reference (torch) alike."""
+    from hedgespec_fast.kernels import throughput_losses
+    from hedgespec_fast.kernels.host import throughput_rows
+
+    nan = float("nan")
+    gamma = torch.tensor([[1.0, 0.0, nan, nan], [1.0, nan, 0.0, 1.0]])
+    lens = (1, 2, 4)
+    seconds = torch.linspace(1.0, 2.0, 1 + 2 * len(lens))
+    reference = throughput_losses(gamma, lens, seconds)[0]
+    host, _ = throughput_rows(gamma.double().numpy(), np.ones((2, 4), dtype=bool), lens, seconds.double().numpy())
+    assert not reference[1:4].isnan().any()  # drafter 0: ÂL = 2 for every K
+    assert not reference[4:5].isnan().any() and reference[5:7].isnan().all()  # drafter 1: K = 1 known, longer not
+    np.testing.assert_allclose(host[0, 1:4], reference[1:4].numpy(), rtol=1e-6)
+    assert (host[0, 5:7] == 0).all()  # (the host rows put 0 where asleep, with a mask)
+

@@ -41,7 +41,9 @@ class ExpertPolicy(Policy):
     second, ÂL_s[i; K] / (C(i, K) + e·ÂL_s), with C and e from the measured costs
     (:class:`~hedgespec_fast.cost.CostModel`; see ``kernels.throughput_losses`` for the transform and the bound).
     The learner and QPM-D are unchanged, so its regret against the best fixed (drafter, K) in throughput is
-    NormalHedge's, scaled by (K_max + 1) / C_min. Feedback is delayed by K_max positions (the longest window).
+    NormalHedge's, scaled by (K_max + 1) / C_min. Feedback is delayed by at most K_max positions (the longest window):
+    a window whose every drafter has met a miss (γ = 0) or an unevaluated position is released at once
+    (``LossStream(early=True)``: the same losses, sooner).
 
     With drafters that can have no proposal (``sleepers``: n-gram lookup without a match), each arm is split into
     two specialists (``contexts``, default on): one awake where some sleeper has a proposal, one where none has
@@ -164,7 +166,7 @@ class ExpertPolicy(Policy):
             if costs is None:
                 raise ValueError("the throughput objective needs the round's cost model (costs=)")
             self.cost_model = costs
-            self.stream = LossStream("expected_length", self.level, max(lens, default=1))
+            self.stream = LossStream("expected_length", self.level, max(lens, default=1), early=True)
         else:
             self.stream = LossStream(self.loss, self.level, draft_len)
 
@@ -373,7 +375,8 @@ class ExpertPolicy(Policy):
         if seconds is None:  # no round has been timed yet (CUDA events complete a little later): score it later
             self.stream.hold(window, awake)
             return
-        first = None if outcome.gamma_start is None else outcome.gamma_start + gamma.shape[1] - window.shape[1]
+        first = None if outcome.gamma_start is None else \
+            outcome.gamma_start + gamma.shape[1] - (window.shape[1] - self.stream.padding)
         observed = self._observed(first, released)
         if host is not None:  # NumPy end to end on the mirror
             rows, masks = throughput_rows(window.numpy().astype(np.float64), awake.numpy(), self.draft_lens,
