@@ -177,7 +177,9 @@ class SpeculativeDecoder:
                 wants = decision == "evaluate"  # the drafters the learner has no use for now may be left out
                 if wants and self.schedule.every == "auto" and not cfg.record_gamma:  # (an explicit eval_every: all)
                     targets = policy.evaluation_targets(pool.free)
-                    wants = wants if targets is None else [True if t else None for t in targets]
+                    wants = wants if targets is None else [True if t or i in joining.unscored else None
+                                                           for i, t in enumerate(targets)]
+                    joining.unscored.clear()
                 if joining.out:  # nobody asks for their beliefs: they stay out, computing nothing
                     wants = [None if i in joining.out else (wants[i] if isinstance(wants, list) else wants)
                              for i in range(len(pool))]
@@ -214,6 +216,7 @@ class SpeculativeDecoder:
             in_batch = length - owed_start if owed else 0  # a join inside a batch owes the batch's rows
             for i in joining.after_round(costs, d + 1, m, length, ready=partial(pool.can_owe, positions=in_batch)):
                 pool.owe(i, in_batch)
+                self.schedule.skip_left = 0  # its price is worth paying now: scored in the next batch, not rounds later
 
         stats.new_tokens = length - start_len
         stats.left_out = [pool.names[i] for i in sorted(joining.out)]

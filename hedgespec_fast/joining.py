@@ -24,8 +24,10 @@ class Joining:
       most twice what joining at once would have: the deterministic ski-rental bound. Until then it costs nothing.
 
     A drafter out of play has its arms asleep (never chosen), is never evaluated and keeps only a backlog (lazy
-    prefill): when it joins, its first forward catches up on the text, and the sleeping-experts learner scores it from
-    then on. Measured on the Qwen pool (bf16 target, a 2-core CPU):
+    prefill): when it joins, the evaluation schedule's skip ends and the next evaluation scores it whatever its weight
+    (its arms have none yet: without that it waited for its turn among the weightless, and on 64-token answers a
+    drafter that joined at token 15 was never scored, nor chosen), its first forward catches up on the text, and the
+    sleeping-experts learner scores it from then on. Measured on the Qwen pool (bf16 target, a 2-core CPU):
     prefilling a 0.5B int8 drafter and the target's int8 copy on every prompt cost 0.3–1.1 s a prompt, more than the
     drafters gave back on most of them.
 
@@ -37,6 +39,7 @@ class Joining:
         self.waiting = waiting  # drafter → (catch-up seconds per token, best seconds per emitted token)
         self.rent = dict.fromkeys(waiting, 0.0)
         self.joined: dict[int, int] = {}  # drafter → committed length when it joined
+        self.unscored: set[int] = set()  # joined, not evaluated yet: the next evaluation takes them, weight or not
         self.out = never | set(waiting)
 
     @classmethod
@@ -78,6 +81,7 @@ class Joining:
             if self.rent[i] >= rate * length and (ready is None or ready(i)):
                 del self.waiting[i]
                 self.joined[i] = length
+                self.unscored.add(i)
                 joined.append(i)
         if joined:
             self.out = self.never | set(self.waiting)

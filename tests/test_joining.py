@@ -215,6 +215,14 @@ def test_a_drafter_that_joins_mid_generation_is_exact_and_scored(pool, monkeypat
         out = hs.generate(target, PROMPT, drafters=drafters, max_new_tokens=40, eos_token_id=None, seed=0)
         assert torch.equal(out.sequences, ref), scale
         joined_at.append(out.stats.joined.get(names[0]))
+        if joined_at[-1]:  # scored by the next evaluation, though its arms have no weight: a batch is 4 rounds and
+            # the window's 8 positions, so at most 8 rounds of one token each
+            made, rounds_after = 0, []
+            for record in out.stats.records:
+                if made >= joined_at[-1]:
+                    rounds_after.append(record.gamma is not None and not torch.tensor(record.gamma[0]).isnan().all())
+                made += record.emitted
+            assert any(rounds_after[:8]) or len(rounds_after) < 8, (scale, rounds_after)
         assert scale == 0.0 or set(out.stats.joined) | set(out.stats.left_out) >= {names[0], names[1]}
         if scale == 0.0:  # a free catch-up: in from the start, never waiting
             assert out.stats.joined == {} and out.stats.left_out == []
@@ -287,3 +295,36 @@ def test_a_calibrated_prefill_times_two_steps_and_keeps_the_lower(pool, monkeypa
     else:
         assert rows is None and timed_rows is None
 
+
+def test_a_drafter_that_joins_is_scored_by_the_next_evaluation(pool, monkeypatch):
+    """Joining ends the schedule's skip and the next evaluation scores the new drafter whatever its weight. Forced
+    here: every evaluation plans a skip longer than the generation and asks for no model drafter; the drafter that
+    joins is still scored within a batch (4 rounds and the window's 8 positions: at most 8 rounds)."""
+    from hedgespec_fast.feedback import EvaluationSchedule
+    from hedgespec_fast.learners.full import ExpertPolicy
+
+    target, drafters = pool
+    monkeypatch.setattr(EvaluationSchedule, "evaluated", lambda self, *a, **k: setattr(self, "skip_left", 10_000))
+    monkeypatch.setattr(ExpertPolicy, "evaluation_targets", lambda self, free: [bool(f) for f in free])
+    hs.generate(target, PROMPT, drafters=drafters, max_new_tokens=8, eos_token_id=None, seed=0)  # calibrates
+    costs = shared_cost_model(target, DrafterPool(drafters).key, len(drafters))
+    name = DrafterPool(drafters).names[0]
+    joins = 0
+    for scale in (2.0, 3.0, 3.5):
+        step = costs.verify_seconds(1)
+        costs.prefill[0] = costs.prefill[1] = scale * step / PROMPT.shape[1]
+        costs.prefill_ratio = [None] * len(drafters)
+        costs.draft[0] = costs.draft[1] = 0.05 * step  # (see the test above)
+        costs.excess[0] = costs.excess[1] = 0.0
+        out = hs.generate(target, PROMPT, drafters=drafters, max_new_tokens=40, eos_token_id=None, seed=0)
+        at = out.stats.joined.get(name)
+        if not at:
+            continue
+        joins += 1
+        made, scored = 0, []
+        for record in out.stats.records:
+            if made >= at:
+                scored.append(record.gamma is not None and not torch.tensor(record.gamma[0]).isnan().all())
+            made += record.emitted
+        assert any(scored[:8]) or len(scored) < 8, (scale, scored)
+    assert joins, "no drafter joined mid-generation: the check proves nothing"
