@@ -97,11 +97,11 @@ class CostModel:
         """A running estimate of a timing whose noise is upwards: a lower reading is taken at once."""
         return new if old is None or new < old else self._mean(old, new)
 
-    def observe_target_prefill(self, tokens: int, seconds: float) -> None:
-        """The target took ``seconds`` over this generation's prompt of ``tokens`` tokens: every drafter whose ratio is
-        known is priced for this prompt (``prefill[i]``)."""
+    def observe_target_prefill(self, tokens: int, seconds: float | None) -> None:
+        """The target took ``seconds`` over this generation's prompt of ``tokens`` tokens (None: not timed): every
+        drafter whose ratio is known is priced for this prompt (``prefill[i]``)."""
         self.target_prefill = None  # (a previous generation's says nothing about this prompt)
-        if tokens <= 0 or seconds <= 0:
+        if tokens <= 0 or not seconds:
             return
         self.target_prefill = (tokens, seconds)
         for i, ratio in enumerate(self.prefill_ratio):

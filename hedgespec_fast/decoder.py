@@ -102,7 +102,8 @@ class SpeculativeDecoder:
         if start_len > 1:  # with the warm start, the target's logits at the prompt's last `warm` positions are kept
             prompt_rows = forward_logits(self.target, ids[0, : start_len - 1], cache, keep=max(warm, 1))
         # drafters' catch-up prices are ratios to it (CPU clocks; on a GPU it is queued work, so no price from it)
-        costs.observe_target_prefill(start_len - 1, time.perf_counter() - prompt_clock if device.type == "cpu" else 0.0)
+        prompt_seconds = time.perf_counter() - prompt_clock if device.type == "cpu" else None
+        costs.observe_target_prefill(start_len - 1, prompt_seconds)
         prompt = PromptScores(self.evaluator, prompt_rows, self.warp, ids, start_len, len(pool)) if warm else None
         joining = Joining.plan(policy, costs, len(pool), start_len, self.max_length, cfg.eval_budget,
                                automatic=cfg.join == "auto" and self.schedule.every == "auto" and not cfg.record_gamma)
@@ -176,10 +177,9 @@ class SpeculativeDecoder:
                 owed.append((verified.target_warped[:m], verified.target_raw[:m]))
                 wants = decision == "evaluate"  # the drafters the learner has no use for now may be left out
                 if wants and self.schedule.every == "auto" and not cfg.record_gamma:  # (an explicit eval_every: all)
-                    targets = policy.evaluation_targets(pool.free)
-                    wants = wants if targets is None else [True if t or i in joining.unscored else None
+                    targets, joined = policy.evaluation_targets(pool.free), joining.take_unscored()
+                    wants = wants if targets is None else [True if t or i in joined else None
                                                            for i, t in enumerate(targets)]
-                    joining.unscored.clear()
                 if joining.out:  # nobody asks for their beliefs: they stay out, computing nothing
                     wants = [None if i in joining.out else (wants[i] if isinstance(wants, list) else wants)
                              for i in range(len(pool))]
@@ -216,7 +216,7 @@ class SpeculativeDecoder:
             in_batch = length - owed_start if owed else 0  # a join inside a batch owes the batch's rows
             for i in joining.after_round(costs, d + 1, m, length, ready=partial(pool.can_owe, positions=in_batch)):
                 pool.owe(i, in_batch)
-                self.schedule.skip_left = 0  # its price is worth paying now: scored in the next batch, not rounds later
+                self.schedule.resume()  # its price is worth paying now: scored in the next batch, not rounds later
 
         stats.new_tokens = length - start_len
         stats.left_out = [pool.names[i] for i in sorted(joining.out)]

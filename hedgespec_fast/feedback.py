@@ -236,6 +236,10 @@ class EvaluationSchedule:
             return "evaluate"
         return "defer"
 
+    def resume(self) -> None:
+        """End the skip: the next batch starts with the next round (a drafter joined and is to be scored)."""
+        self.skip_left = 0
+
     def evaluated(self, rounds: int, costs, need: float = 1.0) -> None:
         """After an evaluation of ``rounds`` rounds: plan the skip from the measured costs.
 

@@ -66,6 +66,11 @@ class Joining:
                 waiting[i] = (rate, best)
         return cls(lazy | never | set(waiting), never, waiting)
 
+    def take_unscored(self) -> set[int]:
+        """The drafters that joined since the last evaluation (which must score them, weight or not); clears them."""
+        joined, self.unscored = self.unscored, set()
+        return joined
+
     def after_round(self, costs: CostModel, verified: int, emitted: int, length: int, ready=None) -> list[int]:
         """Charge the round's rent (a verification of ``verified`` tokens that emitted ``emitted``) and bring in the
         drafters whose rent reached their catch-up on ``length`` committed tokens; returns those. A drafter joining

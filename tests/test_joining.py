@@ -267,7 +267,9 @@ def test_a_drafter_is_priced_against_the_target_on_the_same_prompt():
     assert costs.prefill_ratio[0] == pytest.approx(0.3 + 0.2 * 0.3)
     costs.observe_prefill(0, 500, 0.4)  # a faster one (0.2): taken at once
     assert costs.prefill_ratio[0] == pytest.approx(0.2) and costs.prefill[0] == pytest.approx(0.2 * 2.0 / 500)
-    costs.observe_target_prefill(0, 0.0)  # a prompt the target was not timed on (one token, a GPU): no price
+    costs.observe_target_prefill(500, None)  # a prompt the target was not timed on (a GPU): no price from it
+    assert costs.target_prefill is None
+    costs.observe_target_prefill(0, 0.01)  # a one-token prompt: no forward to compare with
     assert costs.target_prefill is None
     costs.observe_prefill(1, 100, 0.5)  # without the target's timing: seconds per token, as before
     assert costs.prefill[1] == pytest.approx(0.005) and costs.prefill_ratio[1] is None

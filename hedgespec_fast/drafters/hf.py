@@ -88,14 +88,13 @@ class HFDrafter:
         # keeps a drafter out of play is never measured again.
         timed_steps = 2 if tokens.shape[0] > 2 else 1
         out = self._feed(tokens[:-timed_steps], keep=max(beliefs - timed_steps + 1, 1))
-        rows = [out[:, out.shape[1] - (beliefs - timed_steps + 1):]] if beliefs >= timed_steps else []
-        readings = []
-        for j in range(timed_steps, 0, -1):
-            step, seconds = timed(lambda j=j: self._feed(tokens[-j:][:1], keep=1), self.device)
+        rows, readings = ([out] if beliefs >= timed_steps else []), []
+        for token in tokens[-timed_steps:].split(1):
+            step, seconds = timed(lambda token=token: self._feed(token, keep=1), self.device)
+            rows.append(step)
             readings.append(seconds)
-            if j > 1 and beliefs >= j - 1:  # this step's row predicts a prompt position (the warm start's)
-                rows.append(step)
-        return min(readings), (torch.cat(rows, dim=1)[:, -beliefs:] if beliefs else None)
+        rows.pop()  # the last step's row is ``pending``; the others predict prompt positions (the warm start's)
+        return min(readings), (torch.cat(rows, dim=1) if beliefs else None)
 
     def _forward(self, tokens: torch.Tensor, keep: int) -> torch.Tensor:
         if self.graphed is not None and tokens.shape[0] == 1:  # a drafting step: one CUDA graph replay
