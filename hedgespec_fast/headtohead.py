@@ -183,6 +183,8 @@ def run_method(method: Method, target, drafters: dict, ids: torch.Tensor, *, max
         row.update(rounds=stats.rounds, mean_accepted=stats.mean_accepted, drafter_counts=stats.drafter_counts,
                    no_draft_rounds=stats.no_draft_rounds,
                    host_syncs=stats.host_syncs, drafted=[r.drafted for r in stats.records],
+                   chosen=[r.chosen for r in stats.records], accepted=[r.accepted for r in stats.records],
+                   evaluated=[r.gamma is not None for r in stats.records],
                    phase_seconds=stats.phase_seconds, evaluations=stats.evaluations, prefill_s=stats.prefill_s,
                    joined=stats.joined, left_out=stats.left_out, costs=stats.costs)
     return row
