@@ -68,7 +68,7 @@ def test_tied_head_keeps_its_embedding():
     torch.testing.assert_close(model(PROMPT).logits, logits, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("policy", ["hedgespec", "fixed:0"])
+@pytest.mark.parametrize("policy", ["hedgespec", "hedgespec@objective=mat", "fixed:0"])
 def test_patched_target_output_is_its_own_generate(policy):
     target = tiny_model("llama")
     drafter = noisy_copy(target, 0.1)
@@ -78,4 +78,7 @@ def test_patched_target_output_is_its_own_generate(policy):
     out = hs.generate(target, PROMPT, drafters=[drafter, hs.NGramDrafter()], policy=policy, max_new_tokens=20,
                       eos_token_id=None, draft_len=4)
     assert torch.equal(out.sequences, expected)
-    assert out.stats.mean_accepted > 1.0  # the drafter was used and accepted tokens: verification ran through oneDNN
+    # the drafter was used and accepted tokens: verification ran through oneDNN (not asked of the throughput learner,
+    # which rightly plays plain steps with a drafter that costs what the target does)
+    if policy != "hedgespec":
+        assert out.stats.mean_accepted > 1.0

@@ -309,6 +309,39 @@ def test_cold_start_plays_the_cheap_arms_before_any_loss():
     assert policy.informed
 
 
+def test_cold_start_follows_the_chains_it_played():
+    """Before the first loss the cold start's belief in each drafter's acceptance is updated by the chains that
+    drafter drafted (Beta posterior): a free lookup whose K_max chains are rejected at once gives way to the model
+    drafter, whose accepted chains keep it at K_max; one that rejects chains is drafted shorter. The negative
+    control, ``cold_start="uniform"``, keeps the same prior for every drafter and plays the lookup again."""
+    costs = fixed_costs(2, [0.05, 0.0], verify=(1.0, 0.02))
+    awake = [True, True]
+    arms = {}
+    for cold_start in ("chains", "uniform"):
+        policy = hs.HedgeSpecSelector(2, objective="throughput", cold_start=cold_start)
+        policy.begin(2, 6, seed=0, costs=costs, sleepers=(1,))
+        played = []
+        for start, (chosen, accepted) in enumerate([(1, 0), (None, 6), (None, 6)] + [(None, 0)] * 6):
+            policy.choose(awake)
+            drafter, length = policy._drafter, policy.draft_length()
+            played.append((drafter, length))
+            assert chosen is None or drafter == chosen, (cold_start, played)
+            # a deferred round: the chain's outcome, no γ yet
+            policy.update(RoundOutcome(drafter, length, min(accepted, length), min(accepted, length) + 1, 6,
+                                       start=10 * start))
+        assert not policy.informed
+        arms[cold_start] = played
+    chains = arms["chains"]
+    assert chains[:3] == [(1, 6), (0, 6), (0, 6)], chains
+    assert chains[-1][0] == 0 and chains[-1][1] < 6, "rejected chains should shorten the model drafter's draft"
+    assert arms["uniform"] == [(1, 6)] * 9, arms["uniform"]
+
+
+def test_cold_start_option_is_checked():
+    with pytest.raises(ValueError, match="cold_start"):
+        hs.HedgeSpecSelector(2, objective="throughput", cold_start="optimistic")
+
+
 def play_with_sleeper(policy, gamma, awake, costs, k_max, chunk=4):
     """:func:`play` with a drafter that sleeps: the round's awake list is the sleeper's state at its first position."""
     n = gamma.shape[0]

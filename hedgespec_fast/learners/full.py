@@ -18,6 +18,7 @@ OBJECTIVES = ("throughput", "mat")
 # Draft lengths the throughput objective weighs (those ≤ K_max, and K_max itself): every K up to 6, then a
 # geometric grid, so a long K_max adds a few arms, not dozens.
 LENGTH_GRID = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64)
+COLD_STARTS = ("chains", "uniform")  # the prior the throughput learner plays before its first loss (_cold_start_arm)
 LIVE_WEIGHT = 1e-3  # a drafter whose arms carry less is left out of evaluations but in turn (evaluation_targets)
 MAX_PLAYED = 256  # played chains kept until their first position's window is released (a few rounds)
 QUEUED_POSITIONS = 4  # plain steps' γ is scored in batches of this many positions (see ExpertPolicy._batched)
@@ -77,6 +78,10 @@ class ExpertPolicy(Policy):
     backend : kernel backend.
     objective : ``"throughput"`` (the default) or ``"mat"``. A selector passed as ``policy=`` keeps its own objective
         whatever the generation's ``objective`` says.
+    contexts : split each arm into the two specialists above (throughput objective, with sleepers in the pool).
+    cold_start : the belief the throughput learner plays by before its first loss: ``"chains"`` (the default: each
+        drafter's acceptance updated by the chains it drafted in this generation) or ``"uniform"`` (the same prior
+        for all, kept until the first loss); see :meth:`_cold_start_arm`.
     """
 
     full_information = True
@@ -87,14 +92,16 @@ class ExpertPolicy(Policy):
 
     def __init__(self, n_drafters: int, algo: str = "normalhedge", loss: str = "expected_length",
                  level: str = "token", choice: str = "sample", eta: float | None = None, backend: str = "auto",
-                 objective: str = DEFAULT_OBJECTIVE, contexts: bool = True):
+                 objective: str = DEFAULT_OBJECTIVE, contexts: bool = True, cold_start: str = "chains"):
         super().__init__(n_drafters)
+        if cold_start not in COLD_STARTS:
+            raise ValueError(f"unknown cold_start {cold_start!r}; expected one of {COLD_STARTS}")
         if algo not in kernels.ALGOS:
             raise ValueError(f"unknown learner {algo!r}; expected one of {kernels.ALGOS}")
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}; expected one of {OBJECTIVES}")
         self.algo, self.loss, self.level, self.choice, self.eta, self.backend = algo, loss, level, choice, eta, backend
-        self.objective, self.contexts = objective, contexts
+        self.objective, self.contexts, self.cold_start = objective, contexts, cold_start
         self.draft_lens: tuple[int, ...] = ()
         self.arms: list[tuple[int, int]] = [(i, -1) for i in range(n_drafters)]  # (drafter, K); K = -1: the config's
         self.base_arms: list[tuple[int, int]] = []  # the throughput layout: no draft, then (i, K) for i, for K
@@ -118,6 +125,7 @@ class ExpertPolicy(Policy):
         self._queued: list = []  # (γ, awake, γ start) of plain steps not scored yet
         self._revive = 0  # which weightless drafter the next evaluation takes (evaluation_targets)
         self._played: list[tuple[int, int, int, int]] = []  # (first position, drafter, drafted, accepted) of chains
+        self._chain_counts = np.zeros((n_drafters, 2))  # this generation's accepted tokens and rejections per drafter
 
     def _host(self) -> HostState | None:
         """The state's float64 NumPy mirror when the update runs on the host (CPU state, backend "host" or "auto"),
@@ -145,6 +153,7 @@ class ExpertPolicy(Policy):
     def begin(self, n_drafters: int, draft_len: int, seed: int | None = None, costs=None, sleepers=()) -> None:
         super().begin(n_drafters, draft_len, seed)
         self._played, self._uniforms, self._queued = [], [], []
+        self._chain_counts = np.zeros((n_drafters, 2))
         if self.objective == "throughput":
             lens = draft_lengths(draft_len)
             sleepers = tuple(sleepers) if self.contexts else ()
@@ -306,24 +315,42 @@ class ExpertPolicy(Policy):
         return self._masks[key]
 
     def _cold_start_arm(self, awake) -> int | None:
-        """The arm to play before any loss has arrived: the best expected rate under a prior that is the same for
-        every drafter, its acceptance γ uniform on [0, 1] (so E[ÂL(K)] = Σ_{k ≤ K} E[γ^k] = H_{K+1}, the harmonic
-        number), from the measured costs — cheap arms first (a free drafter at K_max, or a plain step), instead of a
-        uniform draw over arms that is mostly expensive model drafts. A constant number of rounds (until the first
-        evaluated window), so the regret bound is unchanged. None while no cost has been measured."""
+        """The arm to play before any loss has arrived: the best expected rate at the measured costs, E[ÂL(K)] /
+        (C(i, K) + e·E[ÂL(K)]), under a Beta(1 + a_i, 1 + r_i) belief in each drafter's acceptance γ, where a_i and
+        r_i are the tokens accepted and the chains rejected among the chains drafter i drafted in this generation
+        (``cold_start="chains"``; the Bernoulli likelihood of a chain that accepted n of k: n successes, then a
+        failure if n < k). With no chain yet that is γ uniform on [0, 1], the same for every drafter, so
+        E[ÂL(K)] = Σ_{k ≤ K} E[γ^k] = H_{K+1} (the harmonic number): cheap arms first (a free drafter at K_max, or a
+        plain step) instead of a uniform draw over arms that are mostly expensive model drafts; then
+        E[γ^k] = Π_{j<k} (α + j) / (α + β + j) follows what the played chains showed, so a lookup whose 16-token
+        chains are rejected at once gives way to a model drafter within a round or two, where the uniform prior
+        (``cold_start="uniform"``) kept playing it until the first evaluated window (6–10 rounds of a 64-token
+        answer). A constant number of rounds either way (until the first released window), so the regret bound is
+        unchanged. None while no cost has been measured."""
         seconds = self.cost_model.arm_seconds(self.base_arms) if self.cost_model is not None else None
         if seconds is None:
             return None
-        if getattr(self, "_prior_for", None) is not self.arms:  # the prior per arm, once per layout
-            harmonic = {k: sum(1.0 / j for j in range(1, k + 2)) for k in {0, *self.draft_lens}}
-            self._prior_for, self._prior = self.arms, np.array([harmonic[k] for _, k in self.arms])
-            self._prior_index = np.asarray(self.arm_index)
-        prior = self._prior
-        rate = prior / (seconds.numpy()[self._prior_index] + prior * self.cost_model.position_seconds())
+        expected = self._expected_lengths()
+        rate = expected / (seconds.numpy()[self._prior_index] + expected * self.cost_model.position_seconds())
         mask = self._awake_arms(awake)
         if mask is not None:
             rate = np.where(mask, rate, -1.0)
         return int(np.argmax(rate))
+
+    def _expected_lengths(self) -> np.ndarray:
+        """``[E]`` E[ÂL(K)] of each arm under the cold start's belief (see :meth:`_cold_start_arm`); 1 for no draft.
+        Recomputed only when a chain has been counted since."""
+        counts = self._chain_counts
+        key = (self.arms, counts.tobytes())
+        if getattr(self, "_prior_key", None) != key:
+            k_max = max(self.draft_lens, default=0)
+            alpha, beta = 1.0 + counts[:, :1], 1.0 + counts[:, 1:]
+            j = np.arange(k_max)
+            moments = np.cumprod((alpha + j) / (alpha + beta + j), axis=1)  # [N, K_max]: E[γ^k], k = 1 … K_max
+            lengths = 1.0 + np.concatenate([np.zeros((len(counts), 1)), np.cumsum(moments, axis=1)], axis=1)
+            self._prior = np.array([1.0 if k <= 0 else lengths[i, k] for i, k in self.arms])
+            self._prior_index, self._prior_key = np.asarray(self.arm_index), key
+        return self._prior
 
     def update(self, outcome: RoundOutcome) -> None:
         self._learn(outcome)
@@ -339,6 +366,8 @@ class ExpertPolicy(Policy):
         if throughput and outcome.start is not None and asked > 0:
             self._played.append((outcome.start, outcome.chosen, asked, outcome.accepted))
             del self._played[:-MAX_PLAYED]
+            if self.cold_start == "chains":
+                self._chain_counts[outcome.chosen] += (outcome.accepted, outcome.accepted < asked)
         if outcome.skipped:
             if throughput and not self.sleepers and outcome.gamma_start is not None:
                 # nobody was evaluated, but the plain step's loss needs no γ and the played arm has its own outcome:
@@ -453,6 +482,7 @@ class HedgeSpecSelector(ExpertPolicy):
     ``objective="throughput"`` over (drafter, draft length) arms and tokens per second."""
 
     def __init__(self, n_drafters: int, loss: str = "expected_length", level: str = "token", choice: str = "sample",
-                 backend: str = "auto", objective: str = DEFAULT_OBJECTIVE, contexts: bool = True):
+                 backend: str = "auto", objective: str = DEFAULT_OBJECTIVE, contexts: bool = True,
+                 cold_start: str = "chains"):
         super().__init__(n_drafters, algo="normalhedge", loss=loss, level=level, choice=choice, backend=backend,
-                         objective=objective, contexts=contexts)
+                         objective=objective, contexts=contexts, cold_start=cold_start)
