@@ -126,6 +126,7 @@ class ExpertPolicy(Policy):
         self._revive = 0  # which weightless drafter the next evaluation takes (evaluation_targets)
         self._played: list[tuple[int, int, int, int]] = []  # (first position, drafter, drafted, accepted) of chains
         self._chain_counts = np.zeros((n_drafters, 2))  # this generation's accepted tokens and rejections per drafter
+        self._lengths = None  # E[ÂL(K)] per arm under the cold start's belief; None: to recompute from the counts
 
     def _host(self) -> HostState | None:
         """The state's float64 NumPy mirror when the update runs on the host (CPU state, backend "host" or "auto"),
@@ -153,7 +154,7 @@ class ExpertPolicy(Policy):
     def begin(self, n_drafters: int, draft_len: int, seed: int | None = None, costs=None, sleepers=()) -> None:
         super().begin(n_drafters, draft_len, seed)
         self._played, self._uniforms, self._queued = [], [], []
-        self._chain_counts = np.zeros((n_drafters, 2))
+        self._chain_counts, self._lengths = np.zeros((n_drafters, 2)), None
         if self.objective == "throughput":
             lens = draft_lengths(draft_len)
             sleepers = tuple(sleepers) if self.contexts else ()
@@ -331,7 +332,7 @@ class ExpertPolicy(Policy):
         if seconds is None:
             return None
         expected = self._expected_lengths()
-        rate = expected / (seconds.numpy()[self._prior_index] + expected * self.cost_model.position_seconds())
+        rate = expected / (seconds.numpy()[self._host_layout[0]] + expected * self.cost_model.position_seconds())
         mask = self._awake_arms(awake)
         if mask is not None:
             rate = np.where(mask, rate, -1.0)
@@ -339,18 +340,15 @@ class ExpertPolicy(Policy):
 
     def _expected_lengths(self) -> np.ndarray:
         """``[E]`` E[ÂL(K)] of each arm under the cold start's belief (see :meth:`_cold_start_arm`); 1 for no draft.
-        Recomputed only when a chain has been counted since."""
-        counts = self._chain_counts
-        key = (self.arms, counts.tobytes())
-        if getattr(self, "_prior_key", None) != key:
-            k_max = max(self.draft_lens, default=0)
+        Recomputed only when a chain has been counted since (or a generation began)."""
+        if self._lengths is None:
+            counts = self._chain_counts
             alpha, beta = 1.0 + counts[:, :1], 1.0 + counts[:, 1:]
-            j = np.arange(k_max)
+            j = np.arange(max(self.draft_lens, default=0))
             moments = np.cumprod((alpha + j) / (alpha + beta + j), axis=1)  # [N, K_max]: E[γ^k], k = 1 … K_max
             lengths = 1.0 + np.concatenate([np.zeros((len(counts), 1)), np.cumsum(moments, axis=1)], axis=1)
-            self._prior = np.array([1.0 if k <= 0 else lengths[i, k] for i, k in self.arms])
-            self._prior_index, self._prior_key = np.asarray(self.arm_index), key
-        return self._prior
+            self._lengths = np.array([1.0 if k <= 0 else lengths[i, k] for i, k in self.arms])
+        return self._lengths
 
     def update(self, outcome: RoundOutcome) -> None:
         self._learn(outcome)
@@ -368,6 +366,7 @@ class ExpertPolicy(Policy):
             del self._played[:-MAX_PLAYED]
             if self.cold_start == "chains":
                 self._chain_counts[outcome.chosen] += (outcome.accepted, outcome.accepted < asked)
+                self._lengths = None
         if outcome.skipped:
             if throughput and not self.sleepers and outcome.gamma_start is not None:
                 # nobody was evaluated, but the plain step's loss needs no γ and the played arm has its own outcome:
