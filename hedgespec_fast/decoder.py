@@ -214,7 +214,8 @@ class SpeculativeDecoder:
             stats.accepted_tokens += n_accepted
             length += m
             in_batch = length - owed_start if owed else 0  # a join inside a batch owes the batch's rows
-            for i in joining.after_round(costs, d + 1, m, length, ready=partial(pool.can_owe, positions=in_batch)):
+            for i in joining.after_round(costs, d + 1, m, length, partial(pool.can_owe, positions=in_batch), chosen,
+                                         k if chain else 0):
                 pool.owe(i, in_batch)
                 self.schedule.resume()  # its price is worth paying now: scored in the next batch, not rounds later
 

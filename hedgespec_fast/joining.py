@@ -17,7 +17,10 @@ class Joining:
       evaluation, and bringing a drafter in is its first and largest cost;
     - otherwise **waiting**, and it joins by the ski-rental break-even rule. Each round adds to drafter i's rent what
       it could at most have saved there: the round's verification seconds minus its emitted tokens at drafter i's
-      best conceivable seconds per token, ``c_i = min_K C(i, K) / (K + 1)`` (every draft token accepted). It joins
+      best conceivable seconds per token, ``c_i = min_K C(i, K) / (K + 1)`` (every draft token accepted). The
+      round's seconds are priced as the arms' C(i, K) are: its verification, the played drafter's drafting and the
+      round's overhead (counting the verification alone made a drafted round look cheaper than the waiting
+      drafter's best, and a 1.5B int8 that agreed 14 tokens a round joined only at token 26). It joins
       once the rent reaches its price, the catch-up on the text so far (prefill rate × length); one whose price one
       plain step could repay (``verify[1] − c_i``) is in from the start. Waiting can cost at
       most about the price (what the drafter could have saved before joining), and a drafter that joins has cost at
@@ -71,15 +74,19 @@ class Joining:
         joined, self.unscored = self.unscored, set()
         return joined
 
-    def after_round(self, costs: CostModel, verified: int, emitted: int, length: int, ready=None) -> list[int]:
-        """Charge the round's rent (a verification of ``verified`` tokens that emitted ``emitted``) and bring in the
-        drafters whose rent reached their catch-up on ``length`` committed tokens; returns those. A drafter joining
+    def after_round(self, costs: CostModel, verified: int, emitted: int, length: int, ready=None,
+                    chosen: int | None = None, drafted: int = 0) -> list[int]:
+        """Charge the round's rent (a verification of ``verified`` tokens that emitted ``emitted``, after drafter
+        ``chosen`` drafted ``drafted`` tokens, at the cost model's prices) and bring in the drafters whose rent reached
+        their catch-up on ``length`` committed tokens; returns those. A drafter joining
         inside an evaluation batch owes the batch's positions (the caller's :meth:`DrafterPool.owe`): its catch-up
         forward computes them, so the batch's evaluation has every drafter's rows. ``ready(i)``: whether drafter i
         can join now (False when it can no longer compute the batch's rows: it waits for a round without a batch)."""
         if not self.waiting:
             return []
-        round_seconds = costs.verify_seconds(verified) or 0.0
+        round_seconds = (costs.verify_seconds(verified) or 0.0) + costs.overhead
+        if drafted and chosen is not None:
+            round_seconds += drafted * costs.draft_seconds(chosen)
         joined = []
         for i, (rate, best) in list(self.waiting.items()):
             self.rent[i] += max(0.0, round_seconds - emitted * best)

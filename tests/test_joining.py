@@ -160,28 +160,34 @@ def test_a_drafter_too_dear_to_bring_in_is_left_out(pool):
 
 
 def test_a_waiting_drafter_joins_when_what_it_could_have_saved_reaches_its_price():
-    """The ski-rental rule on known costs: verify(n) = 1 + 0.02 n s, drafter 0 drafts at 0.1 s a token, so its best
-    conceivable seconds per token is min_K C(0, K) / (K + 1) (at K = 8: (1.18 + 0.8 + 0.1) / 9); each round adds the
-    round's verification minus its tokens at that rate. It joins at the first round whose rent reaches prefill rate ×
-    length; never before, and a round that emitted as fast as the drafter conceivably could adds nothing."""
-    costs = fixed_costs(1, [0.1])
+    """The ski-rental rule on known costs: verify(n) = 1 + 0.02 n s, a round's overhead 0.1 s, drafter 0 drafts at
+    0.1 s a token and drafter 1 at 0.05 s, so drafter 0's best conceivable seconds per token is min_K C(0, K) / (K + 1)
+    (at K = 8: (1.18 + 0.8 + 0.1) / 9). Each round adds the round's seconds, priced like C(i, K) (verification, the
+    played drafter's drafting, the overhead), minus its tokens at that rate. It joins at the first round whose rent
+    reaches prefill rate × length; never before, and a round that emitted as fast as the drafter conceivably could
+    adds nothing."""
+    costs = fixed_costs(2, [0.1, 0.05])
     costs.prefill[0] = 0.01  # catch-up: 10 ms per committed token
-    policy = hs.HedgeSpecSelector(1)
-    policy.begin(1, 8, costs=costs)
-    plan = Joining.plan(policy, costs, 1, 100, 200, 0.1, True)
+    policy = hs.HedgeSpecSelector(2)
+    policy.begin(2, 8, costs=costs)
+    plan = Joining.plan(policy, costs, 2, 100, 200, 0.1, True)
     best = min(float(costs.arm_seconds([(0, k)])[0]) / (k + 1) for k in policy.draft_lens)
     assert plan.waiting == {0: (0.01, pytest.approx(best))} and plan.out == {0} and plan.lazy == {0}
     assert best == pytest.approx((1.0 + 0.02 * 9 + 0.8 + 0.1) / 9)
-    assert Joining.plan(policy, costs, 1, 1, 200, 0.1, True).out == set()  # a price one plain step repays: in
+    assert Joining.plan(policy, costs, 2, 1, 200, 0.1, True).out == set()  # a price one plain step repays: in
     length, rent = 100, 0.0
-    assert plan.after_round(costs, 9, 9, length + 9) == []  # 9 tokens in 1.18 s: as fast as it gets
+    assert plan.after_round(costs, 9, 9, length + 9, chosen=0, drafted=8) == []  # 9 tokens in 2.08 s: its best
     length += 9
-    assert plan.rent[0] == pytest.approx(max(0.0, 1.18 - 9 * best)) == 0.0
-    while True:  # plain steps: each could at best have been 1 token at `best` instead of a 1.02 s step
+    assert plan.rent[0] == pytest.approx(0.0, abs=1e-6)  # (the arms' prices are fp32)
+    length += 2  # drafter 1 drafted 4, the target took 1 and its own: 1.1 s of verification, 0.2 of drafting
+    rent += 1.1 + 0.1 + 4 * 0.05 - 2 * best
+    assert plan.after_round(costs, 5, 2, length, chosen=1, drafted=4) == []
+    assert plan.rent[0] == pytest.approx(rent, abs=1e-6)
+    while True:  # plain steps: each could at best have been 1 token at `best` instead of a 1.12 s round
         length += 1
-        rent += 1.02 - best
+        rent += 1.02 + 0.1 - best
         joined = plan.after_round(costs, 1, 1, length)
-        assert plan.rent[0] == pytest.approx(rent)
+        assert plan.rent[0] == pytest.approx(rent, abs=1e-6)
         if joined:
             break
         assert plan.out == {0} and rent < 0.01 * length
