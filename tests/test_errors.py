@@ -77,6 +77,21 @@ def test_bad_spec_options(target):
         gen(target, [hs.NGramDrafter()], policy="hedgespec@join=lazy")
 
 
+def test_policy_kwargs_override_the_configs_learner_options(target):
+    """policy_kwargs may name an option the config also sets (choice, loss, …): the more specific one wins, as a
+    user passing it means (it raised "got multiple values for keyword argument 'choice'" inside the constructor)."""
+    config = hs.SpecConfig(policy_kwargs={"choice": "argmax", "cold_start": "uniform"})
+    policy = hs.learners.make_policy("hedgespec", 2, config)
+    assert (policy.choice, policy.cold_start, hs.SpecConfig().choice) == ("argmax", "uniform", "sample")
+    assert hs.learners.make_policy("hedge", 2, hs.SpecConfig(policy_kwargs={"algo": "hedge"})).algo == "hedge"
+    ref = target.generate(PROMPT, do_sample=False, max_new_tokens=10, eos_token_id=None)
+    out = gen(target, [noisy_copy(target, 0.1), hs.NGramDrafter()], max_new_tokens=10,
+              policy='hedgespec@policy_kwargs={"choice": "argmax"}')
+    assert torch.equal(out.sequences, ref)
+    with pytest.raises(TypeError, match=r"policy 'hedgespec' does not take policy_kwargs \['colds_tart'\]"):
+        gen(target, [hs.NGramDrafter()], policy='hedgespec@policy_kwargs={"colds_tart": "uniform"}')
+
+
 def test_nan_target_logits(target):
     broken = noisy_copy(target, 0.0)
     with torch.no_grad():

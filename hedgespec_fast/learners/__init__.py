@@ -26,12 +26,13 @@ __all__ = [
 
 
 def _drafter_policy(name: str, n: int, config, kwargs: dict) -> Policy:
-    expert = dict(loss=config.loss, level=config.level, choice=config.choice, backend=config.backend,
-                  objective=config.objective)
+    # the config's learner options, where policy_kwargs (the more specific) does not say otherwise
+    expert = {**dict(loss=config.loss, level=config.level, choice=config.choice, backend=config.backend,
+                     objective=config.objective), **kwargs}
     if name == "hedgespec":
-        return HedgeSpecSelector(n, **expert, **kwargs)
+        return HedgeSpecSelector(n, **expert)
     if name in ("hedge", "adanormalhedge", "normalhedge"):
-        return ExpertPolicy(n, algo=name, **expert, **kwargs)
+        return ExpertPolicy(n, **{"algo": name, **expert})
     if name == "ucbspec":
         return UCBSpec(n, **kwargs)
     if name == "exp3spec":
@@ -78,4 +79,9 @@ def _named_policy(spec, n_drafters: int, config) -> Policy:
         if isinstance(inner, Oracle):
             raise ValueError("the oracle cannot be composed with TapOut")
         return TapOut(n_drafters, inner, **kwargs)
-    return _drafter_policy(name, n_drafters, config, kwargs)
+    try:
+        return _drafter_policy(name, n_drafters, config, kwargs)
+    except TypeError as error:  # a policy_kwargs name the policy has no parameter for
+        if not kwargs or "argument" not in str(error):
+            raise
+        raise TypeError(f"policy {name!r} does not take policy_kwargs {sorted(kwargs)}: {error}") from None
