@@ -127,7 +127,7 @@ class CostModel:
         (default: ``verified``, all of them accepted)."""
         self.rounds += 1
         if drafted > 0 and self.draft[chosen] is not None and self.verify:
-            expected = self.verify_seconds(verified) + drafted * self.draft[chosen] + self.overhead
+            expected = self.played_seconds(verified, chosen, drafted)
             actual = times["draft"] + times["verify"] + times["select"]
             self.excess[chosen] += self.decay / 2 * (actual - expected - self.excess[chosen])
         if clean_draft:
@@ -225,6 +225,13 @@ class CostModel:
         seconds = [max(self.verify_seconds(d + 1) + d * draft[i] + self.excess[i], floor) if k else
                    self.verify_seconds(1) for (i, k), d in ((a, drafted[a]) for a in arms)]
         return torch.tensor(seconds, dtype=torch.float32) + self.overhead
+
+    def played_seconds(self, verified: int, chosen: int | None = None, drafted: int = 0) -> float:
+        """Seconds of a played round at the model's prices: a verification of ``verified`` tokens, ``drafted``
+        tokens of drafter ``chosen`` and the overhead (an arm's C(i, K) for what it really drafted, without the
+        drafter's measured excess; 0 for what was never measured)."""
+        seconds = (self.verify_seconds(verified) or 0.0) + self.overhead
+        return seconds + drafted * self.draft_seconds(chosen) if drafted and chosen is not None else seconds
 
     def position_seconds(self) -> float:
         """Seconds of evaluation and learner update per emitted position (long-run means)."""

@@ -214,6 +214,7 @@ class SpeculativeDecoder:
             stats.accepted_tokens += n_accepted
             length += m
             in_batch = length - owed_start if owed else 0  # a join inside a batch owes the batch's rows
+            # (a tree's drafting is not priced per node: its rounds charge verification and overhead only)
             for i in joining.after_round(costs, d + 1, m, length, partial(pool.can_owe, positions=in_batch), chosen,
                                          k if chain else 0):
                 pool.owe(i, in_batch)

@@ -84,9 +84,7 @@ class Joining:
         can join now (False when it can no longer compute the batch's rows: it waits for a round without a batch)."""
         if not self.waiting:
             return []
-        round_seconds = (costs.verify_seconds(verified) or 0.0) + costs.overhead
-        if drafted and chosen is not None:
-            round_seconds += drafted * costs.draft_seconds(chosen)
+        round_seconds = costs.played_seconds(verified, chosen, drafted)
         joined = []
         for i, (rate, best) in list(self.waiting.items()):
             self.rent[i] += max(0.0, round_seconds - emitted * best)

@@ -84,6 +84,8 @@ def test_policy_kwargs_override_the_configs_learner_options(target):
     policy = hs.learners.make_policy("hedgespec", 2, config)
     assert (policy.choice, policy.cold_start, hs.SpecConfig().choice) == ("argmax", "uniform", "sample")
     assert hs.learners.make_policy("hedge", 2, hs.SpecConfig(policy_kwargs={"algo": "hedge"})).algo == "hedge"
+    with pytest.raises(ValueError, match="policy 'hedge' is the 'hedge' learner, but policy_kwargs asks for algo"):
+        hs.learners.make_policy("hedge", 2, hs.SpecConfig(policy_kwargs={"algo": "adanormalhedge"}))
     ref = target.generate(PROMPT, do_sample=False, max_new_tokens=10, eos_token_id=None)
     out = gen(target, [noisy_copy(target, 0.1), hs.NGramDrafter()], max_new_tokens=10,
               policy='hedgespec@policy_kwargs={"choice": "argmax"}')

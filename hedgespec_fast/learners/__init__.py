@@ -32,7 +32,10 @@ def _drafter_policy(name: str, n: int, config, kwargs: dict) -> Policy:
     if name == "hedgespec":
         return HedgeSpecSelector(n, **expert)
     if name in ("hedge", "adanormalhedge", "normalhedge"):
-        return ExpertPolicy(n, **{"algo": name, **expert})
+        if expert.setdefault("algo", name) != name:
+            raise ValueError(f"policy {name!r} is the {name!r} learner, but policy_kwargs asks for algo "
+                             f"{expert['algo']!r}: name that one as the policy")
+        return ExpertPolicy(n, **expert)
     if name == "ucbspec":
         return UCBSpec(n, **kwargs)
     if name == "exp3spec":
@@ -82,6 +85,6 @@ def _named_policy(spec, n_drafters: int, config) -> Policy:
     try:
         return _drafter_policy(name, n_drafters, config, kwargs)
     except TypeError as error:  # a policy_kwargs name the policy has no parameter for
-        if not kwargs or "argument" not in str(error):
+        if not kwargs or "unexpected keyword argument" not in str(error):
             raise
         raise TypeError(f"policy {name!r} does not take policy_kwargs {sorted(kwargs)}: {error}") from None
