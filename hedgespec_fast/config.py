@@ -51,7 +51,8 @@ class SpecConfig:
         weight on the arms evaluation informs (down to a quarter; the first batch always runs; free drafters such as
         n-gram lookup are evaluated every round; see ``feedback.EvaluationSchedule``); under the throughput
         objective an evaluation scores only the drafters whose arms carry weight, and one other in turn
-        (``ExpertPolicy.evaluation_targets``), while a chain round scores the arm it played. A learner made for one call
+        (``ExpertPolicy.evaluation_targets``), while a chain round scores the arm it played (greedy: its drafter's γ at
+        every position of the round, read off the verification). A learner made for one call
         skips the final round's evaluation (nobody would learn from it; ``record_gamma`` keeps it). With
         an int, rounds in between feed no learner round yet (their positions are evaluated later, nothing is lost)
         and other drafters catch up lazily (HedgeSpec App. B.5's system-efficient variant, **[reconstructed]**).

@@ -10,7 +10,7 @@ from .cache import new_cache
 from .config import DEFAULT_PROMPT_WARMUP, SpecConfig
 from .cost import CostModel, shared_cost_model
 from .drafters.base import DraftContext
-from .feedback import EvaluationSchedule, Evaluator, PromptScores
+from .feedback import EvaluationSchedule, Evaluator, PromptScores, chain_gamma, fill_chain_gamma
 from .graphs import static_cache_for
 from .joining import Joining
 from .learners.base import Policy, RoundOutcome
@@ -64,6 +64,8 @@ class SpeculativeDecoder:
         self.speculation = make_speculation(config.tree, config.draft_len, target, pool, warp, do_sample)
         # the confidence stop cuts chains (trees have their own budget rules)
         self.draft_stop = config.draft_stop if isinstance(self.speculation, ChainSpeculation) else None
+        # greedy chains show their own drafter's γ at the round's positions: feedback without an evaluation
+        self.chain_feedback = not do_sample and isinstance(self.speculation, ChainSpeculation)
         self.evaluator = Evaluator(warp, do_sample, config.backend, top_l=self.speculation.top_l,
                                    min_confidence=self.draft_stop)
         self.schedule = EvaluationSchedule(config.eval_every, config.eval_budget, max_rounds=MAX_DEFERRED_ROUNDS,
@@ -119,6 +121,7 @@ class SpeculativeDecoder:
         length, finished = start_len, start_len >= self.max_length
         free_drafters = pool.free  # (n-gram lookup: its chains have no confidence to stop on)
         owed, owed_start = [], start_len  # target rows of rounds whose γ is not computed yet, and where they start
+        owed_chains = []  # (first position, drafter, γ) that those rounds' greedy chains showed (chain_gamma)
 
         while not finished:
             marks = [timer.mark("select")]
@@ -158,6 +161,8 @@ class SpeculativeDecoder:
             accepted_by = spec.settle(cache, verified, host, n_accepted)  # crop / gather caches to the accepted path
             if self.streamer is not None:
                 self.streamer.put(torch.tensor(emitted_list))
+            shown = (length, chosen, chain_gamma(n_accepted, k, m)) \
+                if self.chain_feedback and k and not free_drafters[chosen] else None
 
             marks.append(timer.mark("evaluate"))
             finished = finished or length + m >= self.max_length
@@ -172,9 +177,14 @@ class SpeculativeDecoder:
                     gamma = self.evaluator.gamma(verified.target_warped[:m], verified.target_raw[:m], beliefs, ids,
                                                  length)
                     awake = self.evaluator.awake(beliefs)
-                owed, owed_start = [], length + m
+                if scored and shown is not None:  # the chosen drafter's γ, from its own chain
+                    if gamma is None:
+                        gamma = torch.full((len(pool), m), float("nan"), device=device)
+                    fill_chain_gamma(gamma, length, [shown])
+                owed, owed_start, owed_chains = [], length + m, []
             else:  # full information, possibly deferred: γ covers every position since the last evaluation
                 owed.append((verified.target_warped[:m], verified.target_raw[:m]))
+                owed_chains += [shown] if shown is not None else []
                 wants = decision == "evaluate"  # the drafters the learner has no use for now may be left out
                 if wants and self.schedule.every == "auto" and not cfg.record_gamma:  # (an explicit eval_every: all)
                     targets, joined = policy.evaluation_targets(pool.free), joining.take_unscored()
@@ -187,8 +197,9 @@ class SpeculativeDecoder:
                 if decision == "evaluate":
                     gamma = self.evaluator.gamma(torch.cat([w for w, _ in owed]), torch.cat([r for _, r in owed]),
                                                  beliefs, ids, owed_start)
+                    gamma = fill_chain_gamma(gamma, owed_start, owed_chains)  # where a drafter was left out
                     awake = self.evaluator.awake(beliefs)
-                    batch, owed, owed_start = len(owed), [], length + m
+                    batch, owed, owed_start, owed_chains = len(owed), [], length + m, []
                     stats.evaluations += 1
                     if self.draft_stop is not None:
                         self._observe_confident(costs, stats)

@@ -109,6 +109,40 @@ def onehot_acceptance(target_warped: torch.Tensor, tokens: torch.Tensor, mode: s
     return torch.where(proposed, picked, torch.zeros_like(picked))
 
 
+def chain_gamma(accepted: int, drafted: int, emitted: int) -> list[float]:
+    """Greedy γ of a chain's own drafter at its round's positions, read off the verification (no forward).
+
+    Under greedy verification a drafted token is accepted iff it is the target's argmax, and every drafted token
+    after the first is conditioned on accepted ones, i.e. on the committed text. So the drafter's γ (ALGORITHMS.md
+    §1, greedy: 1{argmax q = argmax p}) is 1 at the ``accepted`` positions and, when the chain went on past them
+    (``accepted < drafted``), 0 at the next one; what the drafter would have said at the bonus position of a fully
+    accepted chain is not known. A confidence stop changes nothing here: every drafted position was confident, so
+    γ' = γ there. Clipped to the ``emitted`` positions (an EOS inside the round).
+
+    Returns
+    -------
+    list of the known γ, for the round's first ``len`` positions.
+    """
+    known = min(accepted + (accepted < drafted), emitted)
+    return [1.0] * min(accepted, known) + [0.0] * (known - min(accepted, known))
+
+
+def fill_chain_gamma(gamma: torch.Tensor, start: int, chains: Sequence[tuple[int, int, list[float]]]) -> torch.Tensor:
+    """Write chains' known γ (:func:`chain_gamma`: ones, then at most one 0) into ``gamma [N, m]`` (column 0 at
+    position ``start``) where it is NaN (not evaluated); evaluated values are kept. ``chains``: ``(first position,
+    drafter, γ list)``."""
+    for first, drafter, values in chains:
+        lo = first - start
+        hi = min(lo + len(values), gamma.shape[1])
+        if lo < 0 or hi <= lo:
+            continue
+        row = gamma[drafter, lo:hi]
+        known = row.new_ones(hi - lo)  # ones, then a 0 where the chain was rejected: built on the device, no copy
+        known[int(sum(values[: hi - lo])):] = 0.0
+        gamma[drafter, lo:hi] = torch.where(row.isnan(), known, row)
+    return gamma
+
+
 class LossStream:
     """γ of consecutive verified positions in; learner loss vectors out, as soon as each becomes computable.
 

@@ -57,7 +57,11 @@ class ExpertPolicy(Policy):
     is asleep there, except that a chain round is itself an observation of the arm it played — drafter i drafted k
     tokens and n were accepted, so every arm (i, K ≤ k) would have emitted 1 + min(n, K) tokens from that position
     (the K-draft is the k-draft's prefix); which K are observed is fixed before the outcome, so the sample is
-    unbiased, and it is used only where γ is unknown. An evaluation scores only the drafters whose arms carry weight
+    unbiased, and it is used only where γ is unknown. Under greedy decoding a chain shows more: its drafter's γ itself
+    at every position of the round (1 where accepted, 0 where rejected: ``feedback.chain_gamma``, filled in by the
+    decoder where γ is unknown), so the windows starting inside the round are scored too, exactly, not only the
+    first; the played drafter's draft length then follows its chains round by round, between evaluations. An
+    evaluation scores only the drafters whose arms carry weight
     and one other in turn (:meth:`evaluation_targets`). The guarantee is the sleeping experts': against each arm,
     over the windows where it was scored.
 
